@@ -1,0 +1,89 @@
+"""The one extension point for doing a step's work: `Agent.run(request, context)`.
+
+An agent turns a rendered prompt into a `StepResult`, streaming text through the context
+as it goes. Policies (retries, timeouts; later budgets, caching) wrap an agent rather than
+growing flags inside it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Agent", "StepContext", "StepRequest", "StepResult", "Usage"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRequest:
+    """One call of an agent within a run."""
+
+    run_id: str
+    step_id: str
+    prompt: str
+    index: int | None = None
+    """Item index within a `foreach` step, else None."""
+    attempt: int = 1
+
+    @property
+    def key(self) -> str:
+        """Stable identity of this call within its run (also the idempotency key suffix)."""
+        return self.step_id if self.index is None else f"{self.step_id}[{self.index}]"
+
+
+@dataclass(kw_only=True)
+class Usage:
+    """Token usage of one or more model requests."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    requests: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            requests=self.requests + other.requests,
+        )
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "requests": self.requests,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Usage:
+        return cls(**{k: int(v) for k, v in data.items() if k in _USAGE_FIELDS})
+
+
+_USAGE_FIELDS = {"input_tokens", "output_tokens", "cache_read_tokens", "requests"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepResult:
+    """What one agent call produced: text or a JSON value, usage, and the model used."""
+
+    output: Any
+    model: str
+    usage: Usage = field(default_factory=Usage)
+
+
+class StepContext(Protocol):
+    """What an agent may do while it runs: stream text to the run's event log."""
+
+    async def emit_text(self, text: str) -> None:
+        """Append a chunk of output text (streamed live, persisted in order)."""
+        ...
+
+
+class Agent(ABC):
+    """Does the work of one step call."""
+
+    @abstractmethod
+    async def run(self, request: StepRequest, context: StepContext) -> StepResult:
+        """Run the call, streaming text through `context`, and return its result."""

@@ -1,0 +1,115 @@
+"""LLM agents through pydantic-ai.
+
+Plain text steps call the model directly (`model_request_stream`), which is far cheaper per
+call than `pydantic_ai.Agent`; steps with a structured output schema go through `Agent`,
+which validates the output and asks the model again when it does not fit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agentmill.agents.base import Agent, StepContext, StepRequest, StepResult, Usage
+from agentmill.agents.errors import map_provider_errors
+
+if TYPE_CHECKING:
+    from pydantic_ai.models import Model
+    from pydantic_ai.settings import ModelSettings
+    from pydantic_ai.usage import RequestUsage, RunUsage
+
+__all__ = ["LLMAgent"]
+
+
+class LLMAgent(Agent):
+    """An agent backed by a pydantic-ai model."""
+
+    def __init__(
+        self,
+        *,
+        model: Model,
+        label: str,
+        instructions: str = "",
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        output_schema: dict[str, Any] | None = None,
+    ) -> None:
+        self._model = model
+        self._label = label
+        self._instructions = instructions
+        self._settings = _model_settings(max_tokens, temperature)
+        self._output_schema = output_schema
+
+    async def run(self, request: StepRequest, context: StepContext) -> StepResult:
+        with map_provider_errors(self._label):
+            if self._output_schema is not None:
+                return await self._run_structured(request.prompt)
+            return await self._run_text(request.prompt, context)
+
+    async def _run_text(self, prompt: str, context: StepContext) -> StepResult:
+        from pydantic_ai.direct import model_request_stream
+        from pydantic_ai.messages import (
+            ModelRequest,
+            PartDeltaEvent,
+            PartStartEvent,
+            TextPart,
+            TextPartDelta,
+        )
+
+        message = ModelRequest.user_text_prompt(prompt, instructions=self._instructions or None)
+        async with model_request_stream(
+            self._model, [message], model_settings=self._settings
+        ) as stream:
+            async for event in stream:
+                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+                    text = event.part.content
+                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+                    text = event.delta.content_delta
+                else:
+                    continue
+                if text:
+                    await context.emit_text(text)
+            response = stream.get()
+        return StepResult(
+            output=response.text or "", model=self._label, usage=_request_usage(response.usage)
+        )
+
+    async def _run_structured(self, prompt: str) -> StepResult:
+        from pydantic_ai import Agent as PydanticAgent
+        from pydantic_ai.output import StructuredDict
+
+        assert self._output_schema is not None
+        agent = PydanticAgent(
+            self._model,
+            output_type=StructuredDict(self._output_schema),
+            instructions=self._instructions or None,
+            model_settings=self._settings,
+        )
+        result = await agent.run(prompt)
+        return StepResult(output=result.output, model=self._label, usage=_run_usage(result.usage))
+
+
+def _model_settings(max_tokens: int | None, temperature: float | None) -> ModelSettings:
+    settings: ModelSettings = {}
+    if max_tokens is not None:
+        settings["max_tokens"] = max_tokens
+    if temperature is not None:
+        settings["temperature"] = temperature
+    return settings
+
+
+def _request_usage(usage: RequestUsage) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        requests=1,
+    )
+
+
+def _run_usage(usage: RunUsage) -> Usage:
+    return Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        requests=usage.requests,
+    )

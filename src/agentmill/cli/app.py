@@ -1,0 +1,85 @@
+"""The `agentmill` command line: Typer app, exit codes, and user-error reporting.
+
+Exit codes: 0 success, 1 run failed, 2 usage or config error, 130 interrupted.
+Heavy modules are imported inside the commands so `agentmill --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from agentmill.cli import runs_cmd
+from agentmill.cli.exits import EXIT_USAGE, run_command
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="agentmill",
+    help="Durable workflows for teams of LLM agents and command-line coding agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(runs_cmd.app, name="runs")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Where to create the project")] = Path("."),
+) -> None:
+    """Create a project with a working example workflow."""
+    from agentmill.cli.init_cmd import init_project
+
+    run_command(lambda: init_project(directory))
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="Config file to check")],
+) -> None:
+    """Check a config file and report every problem with file:line."""
+    from agentmill.cli.run_cmd import validate_file
+
+    run_command(lambda: validate_file(file))
+
+
+@app.command()
+def run(
+    file: Annotated[Path, typer.Argument(help="Config file")],
+    workflow: Annotated[str, typer.Argument(help="Workflow to run")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="name=value, or name=@file to read a file"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON result only")] = False,
+) -> None:
+    """Run a workflow, showing its steps and streamed output live."""
+    from agentmill.cli.run_cmd import run_workflow
+
+    run_command(lambda: run_workflow(file, workflow, inputs or [], as_json=as_json))
+
+
+@app.command()
+def doctor() -> None:
+    """Check the database, installed extras, API keys and the local model."""
+    from agentmill.cli.doctor import run_doctor
+
+    run_command(run_doctor)
+
+
+def main() -> None:
+    """Entry point of the `agentmill` script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main() or EXIT_USAGE)

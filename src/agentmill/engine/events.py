@@ -1,0 +1,66 @@
+"""A run's ordered event log: numbered in memory, published live, persisted by the journal.
+
+Every event carries `(step, attempt, seq)`. A step re-run after a crash gets a higher
+attempt, so a reader drops the partial output of the attempt that did not finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+from agentmill.store import EventRecord, Store
+
+__all__ = ["EventBus", "RunEmitter"]
+
+
+class EventBus:
+    """Live subscribers per run, inside one process."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, list[asyncio.Queue[EventRecord]]] = defaultdict(list)
+
+    def subscribe(self, run_id: str) -> asyncio.Queue[EventRecord]:
+        queue: asyncio.Queue[EventRecord] = asyncio.Queue()
+        self._subscribers[run_id].append(queue)
+        return queue
+
+    def unsubscribe(self, run_id: str, queue: asyncio.Queue[EventRecord]) -> None:
+        queues = self._subscribers.get(run_id, [])
+        if queue in queues:
+            queues.remove(queue)
+        if not queues:
+            self._subscribers.pop(run_id, None)
+
+    def publish(self, event: EventRecord) -> None:
+        for queue in self._subscribers.get(event.run_id, ()):
+            queue.put_nowait(event)
+
+
+class RunEmitter:
+    """Numbers one run's events, publishes them, and queues them for the database."""
+
+    def __init__(self, run_id: str, store: Store, bus: EventBus, *, last_seq: int) -> None:
+        self.run_id = run_id
+        self._store = store
+        self._bus = bus
+        self._seq = last_seq
+
+    def emit(
+        self, kind: str, *, step: str | None = None, attempt: int = 0, **data: Any
+    ) -> EventRecord:
+        self._seq += 1
+        event = EventRecord(
+            run_id=self.run_id,
+            seq=self._seq,
+            kind=kind,
+            step=step,
+            attempt=attempt,
+            data=data,
+            ts=time.time(),
+        )
+        self._store.journal.add_event(event)
+        self._bus.publish(event)
+        return event

@@ -1,0 +1,220 @@
+"""Interpreting a run's plan: the step DAG, `when`, `foreach`, concurrency caps.
+
+Independent steps run concurrently; a step starts as soon as everything it `needs` is
+done. A failed step blocks its dependents but lets independent branches finish, so their
+work is kept for a resume. Finished calls come from their checkpoints, never re-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentmill.agents.base import Agent, StepRequest, Usage
+from agentmill.agents.factory import build_agent
+from agentmill.engine.calls import CallSpec, run_call
+from agentmill.engine.events import RunEmitter
+from agentmill.engine.plan import RunPlan
+from agentmill.errors import RunFailure
+from agentmill.spec.models import StepSpec
+from agentmill.spec.templates import evaluate, is_truthy, render
+from agentmill.store import Store, StepRecord, StepStatus
+
+__all__ = ["NodeOutcome", "RunInterpreter", "RunOutcome"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeOutcome:
+    status: StepStatus
+    output: Any = None
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOutcome:
+    succeeded: bool
+    outputs: dict[str, Any]
+    error: str | None
+    usage: Usage
+
+
+class RunInterpreter:
+    """Runs one plan to its end, reusing the checkpoints of an earlier attempt."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        plan: RunPlan,
+        inputs: dict[str, Any],
+        store: Store,
+        emitter: RunEmitter,
+        checkpoints: dict[str, StepRecord],
+    ) -> None:
+        self._run_id = run_id
+        self._plan = plan
+        self._inputs = inputs
+        self._store = store
+        self._emitter = emitter
+        self._checkpoints = checkpoints
+        self._agents: dict[str, Agent] = {}
+        self._nodes: dict[str, asyncio.Future[NodeOutcome]] = {}
+        limit = plan.workflow.concurrency
+        self._run_slots = asyncio.Semaphore(limit) if limit else None
+
+    async def execute(self) -> RunOutcome:
+        loop = asyncio.get_running_loop()
+        steps = self._plan.workflow.steps
+        self._nodes = {step.id: loop.create_future() for step in steps}
+        async with asyncio.TaskGroup() as group:
+            for step in steps:
+                group.create_task(self._node(step), name=f"step:{step.id}")
+        outcomes = {step_id: future.result() for step_id, future in self._nodes.items()}
+        return self._finish(outcomes)
+
+    async def _node(self, step: StepSpec) -> None:
+        future = self._nodes[step.id]
+        try:
+            outcome = await self._run_node(step)
+        except RunFailure as exc:
+            outcome = NodeOutcome(status=StepStatus.FAILED, error=str(exc))
+            self._emitter.emit("step_failed", step=step.id, error=str(exc))
+        future.set_result(outcome)
+
+    async def _run_node(self, step: StepSpec) -> NodeOutcome:
+        upstream = {dep: await self._nodes[dep] for dep in step.needs}
+        blocked = [dep for dep, o in upstream.items() if o.status is StepStatus.FAILED]
+        if blocked:
+            self._emitter.emit("step_blocked", step=step.id, because=blocked)
+            return NodeOutcome(status=StepStatus.FAILED, error=f"blocked by failed {blocked}")
+        context = self._template_context(upstream)
+        if step.when is not None and not is_truthy(evaluate(step.when, context)):
+            return await self._skip(step)
+        if step.foreach is not None:
+            return await self._fan_out(step, context)
+        prompt = render(step.prompt, context)
+        record = await self._call(step, prompt, index=None)
+        return _node_outcome(record)
+
+    def _template_context(self, upstream: dict[str, NodeOutcome]) -> dict[str, Any]:
+        steps = {
+            step_id: {
+                "output": outcome.output,
+                "skipped": outcome.status is StepStatus.SKIPPED,
+                "usage": outcome.usage.to_json(),
+            }
+            for step_id, outcome in self._all_finished(upstream).items()
+        }
+        return {"inputs": self._inputs, "steps": steps}
+
+    def _all_finished(self, upstream: dict[str, NodeOutcome]) -> dict[str, NodeOutcome]:
+        """Direct and transitive upstream outcomes (all are done by now)."""
+        done = dict(upstream)
+        for step_id, future in self._nodes.items():
+            if step_id not in done and future.done():
+                done[step_id] = future.result()
+        return done
+
+    async def _skip(self, step: StepSpec) -> NodeOutcome:
+        self._store.journal.put_step(
+            StepRecord(
+                run_id=self._run_id,
+                key=step.id,
+                step_id=step.id,
+                item_index=None,
+                status=StepStatus.SKIPPED,
+                attempt=0,
+            )
+        )
+        self._emitter.emit("step_skipped", step=step.id)
+        return NodeOutcome(status=StepStatus.SKIPPED)
+
+    async def _fan_out(self, step: StepSpec, context: dict[str, Any]) -> NodeOutcome:
+        items = evaluate(step.foreach or "", context)
+        if not isinstance(items, list | tuple):
+            raise RunFailure(
+                f"step '{step.id}': foreach must give a list, got {type(items).__name__}"
+            )
+        slots = asyncio.Semaphore(step.concurrency) if step.concurrency else None
+
+        async def one(index: int, item: Any) -> StepRecord:
+            prompt = render(step.prompt, {**context, "item": item, "index": index})
+            async with _maybe(slots):
+                return await self._call(step, prompt, index=index)
+
+        records = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        failed = [r for r in records if r.status is StepStatus.FAILED]
+        usage = sum((_usage(r) for r in records), Usage())
+        if failed:
+            return NodeOutcome(status=StepStatus.FAILED, error=failed[0].error, usage=usage)
+        return NodeOutcome(
+            status=StepStatus.SUCCEEDED, output=[r.output for r in records], usage=usage
+        )
+
+    async def _call(self, step: StepSpec, prompt: str, *, index: int | None) -> StepRecord:
+        agent_spec = self._plan.agents[step.agent]
+        request = StepRequest(run_id=self._run_id, step_id=step.id, prompt=prompt, index=index)
+        call = CallSpec(
+            request=request,
+            agent=self._agent(step.agent),
+            retries=step.retries if step.retries is not None else agent_spec.retries,
+            backoff=step.backoff,
+            timeout=step.timeout or agent_spec.timeout,
+        )
+        async with _maybe(self._run_slots):
+            return await run_call(
+                call,
+                store=self._store,
+                emitter=self._emitter,
+                previous=self._checkpoints.get(request.key),
+            )
+
+    def _agent(self, name: str) -> Agent:
+        if name not in self._agents:
+            self._agents[name] = build_agent(self._plan.agents[name], self._plan.models[name])
+        return self._agents[name]
+
+    def _finish(self, outcomes: dict[str, NodeOutcome]) -> RunOutcome:
+        usage = sum((o.usage for o in outcomes.values()), Usage())
+        failed = {k: o for k, o in outcomes.items() if o.status is StepStatus.FAILED}
+        if failed:
+            first = next(o.error for o in failed.values() if o.error)
+            return RunOutcome(succeeded=False, outputs={}, error=first, usage=usage)
+        return RunOutcome(
+            succeeded=True, outputs=self._outputs(outcomes), error=None, usage=usage
+        )
+
+    def _outputs(self, outcomes: dict[str, NodeOutcome]) -> dict[str, Any]:
+        workflow = self._plan.workflow
+        if workflow.outputs:
+            context = self._template_context(outcomes)
+            return {name: render(tpl, context) for name, tpl in workflow.outputs.items()}
+        needed = {dep for step in workflow.steps for dep in step.needs}
+        return {
+            step.id: outcomes[step.id].output
+            for step in workflow.steps
+            if step.id not in needed and outcomes[step.id].status is StepStatus.SUCCEEDED
+        }
+
+
+def _node_outcome(record: StepRecord) -> NodeOutcome:
+    return NodeOutcome(
+        status=record.status, output=record.output, error=record.error, usage=_usage(record)
+    )
+
+
+def _usage(record: StepRecord) -> Usage:
+    return Usage.from_json(record.usage or {})
+
+
+@contextlib.asynccontextmanager
+async def _maybe(semaphore: asyncio.Semaphore | None) -> AsyncIterator[None]:
+    if semaphore is None:
+        yield
+        return
+    async with semaphore:
+        yield

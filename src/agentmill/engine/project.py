@@ -1,0 +1,44 @@
+"""Loading a config file for execution: the spec checks plus model availability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentmill.agents.models import check_model
+from agentmill.errors import ConfigError, ConfigProblem, UserError
+from agentmill.spec.loader import LoadedProject, load_project
+
+__all__ = ["load_checked", "model_problems"]
+
+
+def load_checked(path: Path) -> LoadedProject:
+    """Load and validate a config file, including that every model it uses is usable here."""
+    loaded = load_project(path)
+    problems = model_problems(loaded)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def model_problems(loaded: LoadedProject) -> list[ConfigProblem]:
+    """One problem per agent whose model lacks its package, key or file."""
+    problems: list[ConfigProblem] = []
+    spec = loaded.spec
+    seen: dict[str, str | None] = {}
+    for name, agent in spec.agents.items():
+        ref = spec.model_for(agent)
+        label = ref if isinstance(ref, str) else ref.model_dump_json()
+        if label not in seen:
+            seen[label] = _problem_text(ref)
+        if seen[label] is not None:
+            where = ("agents", name, "model") if agent.model else ("agents", name)
+            problems.append(loaded.problem(f"agent '{name}': {seen[label]}", *where))
+    return problems
+
+
+def _problem_text(ref: object) -> str | None:
+    try:
+        check_model(ref)  # type: ignore[arg-type]
+    except UserError as exc:
+        return str(exc)
+    return None

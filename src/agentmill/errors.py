@@ -1,0 +1,152 @@
+"""The one exception hierarchy of agentmill.
+
+Three kinds are kept apart: errors the user can fix (bad config, bad input, a missing
+key or package), failures of a run (a provider down, a timeout, a step that failed), and
+control flow (cancellation, interruption). Third-party exceptions are mapped to these once,
+at the boundary where they enter agentmill.
+
+    AgentmillError
+    ├── UserError                   -- exit code 2, HTTP 4xx; the message names the fix
+    │   ├── ConfigError             -- one or more ConfigProblem (file:line, message, hint)
+    │   ├── InputError              -- workflow inputs that do not fit the declared ones
+    │   ├── MissingDependencyError  -- an extra to install, a binary or model file missing
+    │   ├── MissingCredentialError  -- an API key env var to set (its value never shown)
+    │   ├── NotFoundError           -- an unknown run, workflow or agent
+    │   └── InvalidStateError       -- e.g. resuming a finished run
+    ├── RunFailure                  -- exit code 1; the run is recorded as failed
+    │   ├── StepFailed              -- an agent step raised; carries step id and attempts
+    │   ├── StepTimeout             -- an agent step went past its timeout
+    │   ├── TemplateRenderError     -- a prompt/when/foreach template failed at run time
+    │   └── ProviderError           -- the model provider failed (transient or not)
+    └── ControlFlow
+        ├── RunCancelled            -- someone cancelled the run
+        └── RunInterrupted          -- Ctrl-C or shutdown; the run can be resumed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AgentmillError",
+    "ConfigError",
+    "ConfigProblem",
+    "ControlFlow",
+    "InputError",
+    "InvalidStateError",
+    "MissingCredentialError",
+    "MissingDependencyError",
+    "NotFoundError",
+    "ProviderError",
+    "RunCancelled",
+    "RunFailure",
+    "RunInterrupted",
+    "StepFailed",
+    "StepTimeout",
+    "TemplateRenderError",
+    "UserError",
+]
+
+
+class AgentmillError(Exception):
+    """Base of every error agentmill raises on purpose."""
+
+
+class UserError(AgentmillError):
+    """Something the user can fix; the message says how."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigProblem:
+    """One problem found in a config file, with where it is and how to fix it."""
+
+    file: str
+    line: int | None
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        text = f"{where}: {self.message}"
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+class ConfigError(UserError):
+    """A config file that cannot be used; lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        count = len(problems)
+        header = f"{count} problem{'s' if count != 1 else ''} in the config"
+        super().__init__(header + ":\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class InputError(UserError):
+    """Workflow inputs that are missing, unknown or of the wrong type."""
+
+
+class MissingDependencyError(UserError):
+    """An optional package, binary or model file that is not installed."""
+
+
+class MissingCredentialError(UserError):
+    """An API key that is not set; names the environment variable, never a value."""
+
+
+class NotFoundError(UserError):
+    """An id or name that does not exist (or belongs to another tenant)."""
+
+
+class InvalidStateError(UserError):
+    """An operation that does not apply to the current state, such as resuming a finished run."""
+
+
+class RunFailure(AgentmillError):
+    """A run that could not complete; it is recorded as failed."""
+
+
+class StepFailed(RunFailure):
+    """An agent step that failed after its retries."""
+
+    def __init__(self, step: str, message: str, *, attempts: int = 1) -> None:
+        self.step = step
+        self.attempts = attempts
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"step '{step}' failed{tries}: {message}")
+
+
+class StepTimeout(RunFailure):
+    """An agent step that went past its timeout."""
+
+    def __init__(self, step: str, seconds: float) -> None:
+        self.step = step
+        self.seconds = seconds
+        super().__init__(f"step '{step}' timed out after {seconds:g}s")
+
+
+class TemplateRenderError(RunFailure):
+    """A template that could not be rendered with the run's values, e.g. an undefined variable."""
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        self.variable = variable
+        super().__init__(message)
+
+
+class ProviderError(RunFailure):
+    """A model provider that failed; `transient` says whether a retry may help."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        self.transient = transient
+        super().__init__(message)
+
+
+class ControlFlow(AgentmillError):
+    """Raised to stop work on purpose; never reported as a failure."""
+
+
+class RunCancelled(ControlFlow):
+    """The run was cancelled."""
+
+
+class RunInterrupted(ControlFlow):
+    """The run was interrupted (Ctrl-C, shutdown) and can be resumed."""

@@ -1,0 +1,1 @@
+"""The declarative format: models, loading with file:line errors, validation, templating."""

@@ -1,0 +1,125 @@
+"""The declarative format: pydantic models of a project file (models, agents, workflows).
+
+Pure data. Loading with file:line errors lives in `loader`; cross-reference checks in
+`validate`. The whole format is documented in docs/config.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentmill.spec.durations import Duration
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "AgentSpec",
+    "InputSpec",
+    "ModelEndpoint",
+    "ProjectSpec",
+    "StepSpec",
+    "WorkflowSpec",
+]
+
+DEFAULT_MODEL = "local:smollm2"
+"""The model used when an agent names none and the project defines no `default` alias."""
+
+STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ModelEndpoint(_Strict):
+    """A model served by a provider at an explicit endpoint (e.g. Ollama, vLLM, OpenRouter)."""
+
+    provider: Literal["openai", "anthropic", "google"] = "openai"
+    name: str = Field(min_length=1, description="Model name as the server knows it")
+    base_url: str | None = Field(default=None, description="OpenAI-compatible base URL")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the key (none for local servers)"
+    )
+
+
+class AgentSpec(_Strict):
+    """An LLM agent: which model, how it behaves, and its limits."""
+
+    runtime: Literal["llm"] = "llm"
+    model: str | None = Field(
+        default=None, description="A key of `models`, or a model string like openai:gpt-4o"
+    )
+    instructions: str = ""
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    timeout: Duration | None = None
+    retries: int = Field(default=0, ge=0, le=10)
+    output: dict[str, Any] | None = Field(
+        default=None, description="JSON schema of a structured output (an object)"
+    )
+
+
+InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
+
+
+class InputSpec(_Strict):
+    """A typed workflow input; inputs without a default are required."""
+
+    type: InputType = "string"
+    default: Any = None
+    description: str = ""
+
+    @property
+    def required(self) -> bool:
+        """An input is required unless the file gives it a `default` (even `null`)."""
+        return "default" not in self.model_fields_set
+
+
+class StepSpec(_Strict):
+    """One step: an agent call with a templated prompt, run when its `needs` are done."""
+
+    id: str = Field(pattern=STEP_ID_PATTERN)
+    agent: str
+    prompt: str
+    needs: list[str] = Field(default_factory=list)
+    when: str | None = Field(default=None, description="Template; the step runs if it is truthy")
+    foreach: str | None = Field(
+        default=None, description="Template expression yielding a list; one call per item"
+    )
+    concurrency: int | None = Field(default=None, gt=0, description="Cap for foreach calls")
+    timeout: Duration | None = None
+    retries: int | None = Field(default=None, ge=0, le=10)
+    backoff: Duration = Field(default=1.0, description="First retry delay; doubles, with jitter")
+
+
+class WorkflowSpec(_Strict):
+    """A DAG of steps with typed inputs."""
+
+    description: str = ""
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)
+    steps: list[StepSpec] = Field(min_length=1)
+    concurrency: int | None = Field(
+        default=None, gt=0, description="Cap on agent calls in flight for one run"
+    )
+    outputs: dict[str, str] | None = Field(
+        default=None, description="Named output templates; default: the final steps' outputs"
+    )
+
+
+class ProjectSpec(_Strict):
+    """A whole config file."""
+
+    version: Literal[1] = 1
+    models: dict[str, str | ModelEndpoint] = Field(default_factory=dict)
+    agents: dict[str, AgentSpec] = Field(default_factory=dict)
+    workflows: dict[str, WorkflowSpec] = Field(default_factory=dict)
+
+    def model_for(self, agent: AgentSpec) -> str | ModelEndpoint:
+        """The resolved model of an agent: alias lookup, then `default`, then the local model."""
+        name = agent.model or "default"
+        if name in self.models:
+            return self.models[name]
+        if agent.model is None:
+            return DEFAULT_MODEL
+        return name

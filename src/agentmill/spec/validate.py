@@ -1,0 +1,333 @@
+"""Cross-reference checks of a project: names, dependencies, models and template variables.
+
+These run on a schema-valid `ProjectSpec` (see `loader`) and return problems instead of
+raising, so the loader can report them together with every other problem of the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jinja2 import TemplateSyntaxError
+
+from agentmill.errors import ConfigProblem
+from agentmill.spec.inputs import type_problem
+from agentmill.spec.models import StepSpec, WorkflowSpec
+from agentmill.spec.templates import Reference, references
+
+if TYPE_CHECKING:
+    from agentmill.spec.loader import LoadedProject
+
+__all__ = [
+    "KNOWN_PROVIDERS",
+    "LOCAL_MODELS",
+    "STEP_FIELDS",
+    "did_you_mean",
+    "model_string_problem",
+    "validate_project",
+]
+
+KNOWN_PROVIDERS = (
+    "openai",
+    "anthropic",
+    "google-gla",
+    "google-vertex",
+    "google",
+    "groq",
+    "mistral",
+    "ollama",
+    "local",
+    "test",
+)
+"""Prefixes accepted in model strings such as `openai:gpt-4o`."""
+
+LOCAL_MODELS = ("local:smollm2",)
+"""The models agentmill runs in-process."""
+
+STEP_FIELDS = ("output", "skipped")
+"""What a template can read of an upstream step: `steps.<id>.output`, `steps.<id>.skipped`."""
+
+_TEMPLATE_HINT = "templates use Jinja2: {{ expression }}, {% if ... %}...{% endif %}"
+
+Problem = tuple[str, str | None]
+"""A message and its hint, before a line is attached."""
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str | None:
+    """`did you mean 'x'?` for the closest option, or None if none is close."""
+    matches = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"did you mean '{matches[0]}'?" if matches else None
+
+
+def validate_project(loaded: LoadedProject) -> list[ConfigProblem]:
+    """Every cross-reference problem of a loaded project, in file order per section."""
+    problems = _check_models(loaded) + _check_agents(loaded)
+    for name in loaded.spec.workflows:
+        problems += _WorkflowCheck(loaded, name).run()
+    return problems
+
+
+def model_string_problem(model: str) -> Problem | None:
+    """Why `model` is not a usable `provider:name` string, or None if it is."""
+    provider, colon, name = model.partition(":")
+    if not colon or not provider or not name.strip():
+        return f"'{model}' is not a model string", "write provider:name, e.g. openai:gpt-4o"
+    if provider not in KNOWN_PROVIDERS:
+        known = f"known providers: {', '.join(KNOWN_PROVIDERS)}"
+        hint = did_you_mean(provider, KNOWN_PROVIDERS)
+        return f"unknown model provider '{provider}' in '{model}'", _join(hint, known)
+    if provider == "local" and model not in LOCAL_MODELS:
+        return f"unknown local model '{model}'", f"local models: {', '.join(LOCAL_MODELS)}"
+    return None
+
+
+def _check_models(loaded: LoadedProject) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for key, value in loaded.spec.models.items():
+        if isinstance(value, str) and (found := model_string_problem(value)):
+            message, hint = found
+            problems.append(loaded.problem(f"model '{key}': {message}", "models", key, hint=hint))
+    return problems
+
+
+def _check_agents(loaded: LoadedProject) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    aliases = list(loaded.spec.models)
+    for name, agent in loaded.spec.agents.items():
+        if agent.model is not None and agent.model not in aliases:
+            found = model_string_problem(agent.model)
+            if found and ":" not in agent.model:
+                known = f"use a name from 'models' ({', '.join(aliases) or 'none defined'})"
+                hint = _join(did_you_mean(agent.model, aliases), f"{known} or provider:name")
+                found = f"unknown model '{agent.model}'", hint
+            if found:
+                message = f"agent '{name}' uses {found[0]}"
+                problems.append(loaded.problem(message, "agents", name, "model", hint=found[1]))
+        if agent.output is not None and agent.output.get("type") != "object":
+            message = f"the output schema of agent '{name}' must be a JSON schema of type: object"
+            hint = "e.g. output: {type: object, properties: {verdict: {type: string}}}"
+            problems.append(loaded.problem(message, "agents", name, "output", hint=hint))
+    return problems
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Scope:
+    """Where a template is and which variables it may use."""
+
+    parts: tuple[str | int, ...]
+    what: str
+    step: StepSpec | None = None
+    upstream: frozenset[str] | None = None
+    """Steps the template may read; None means any step (workflow outputs)."""
+    item: str | None = None
+    """Why `item` and `index` are not available here; None if they are."""
+
+
+class _WorkflowCheck:
+    """The checks of one workflow: ids, needs, cycles, agents, inputs and templates."""
+
+    def __init__(self, loaded: LoadedProject, name: str) -> None:
+        self.loaded = loaded
+        self.name = name
+        self.workflow: WorkflowSpec = loaded.spec.workflows[name]
+        self.base = ("workflows", name)
+        self.problems: list[ConfigProblem] = []
+        self.index: dict[str, int] = {}
+        for position, step in enumerate(self.workflow.steps):
+            self.index.setdefault(step.id, position)
+
+    def run(self) -> list[ConfigProblem]:
+        self._check_inputs()
+        for position, step in enumerate(self.workflow.steps):
+            self._check_step(position, step)
+        self._check_cycles()
+        upstream = _upstream(self.workflow.steps, self.index)
+        for position, step in enumerate(self.workflow.steps):
+            self._check_step_templates(position, step, upstream[step.id])
+        for key, text in (self.workflow.outputs or {}).items():
+            what = f"output '{key}' of workflow '{self.name}'"
+            scope = _Scope(parts=(*self.base, "outputs", key), what=what, item="outputs")
+            self._check_template(text, scope)
+        return self.problems
+
+    def _add(self, message: str, *parts: str | int, hint: str | None = None) -> None:
+        self.problems.append(self.loaded.problem(message, *self.base, *parts, hint=hint))
+
+    def _check_inputs(self) -> None:
+        for name, spec in self.workflow.inputs.items():
+            if spec.required or spec.default is None:
+                continue
+            if (found := type_problem(spec.type, spec.default)) is not None:
+                self._add(f"the default of input '{name}' {found}", "inputs", name, "default")
+
+    def _check_step(self, position: int, step: StepSpec) -> None:
+        at = ("steps", position)
+        if self.index[step.id] != position:
+            first = self.loaded.line_of(*self.base, "steps", self.index[step.id])
+            hint = f"step ids must be unique within a workflow; the first is at line {first}"
+            self._add(
+                f"duplicate step id '{step.id}' in workflow '{self.name}'", *at, "id", hint=hint
+            )
+        for number, need in enumerate(step.needs):
+            if need not in self.index:
+                hint = _join(did_you_mean(need, self.index), f"steps: {', '.join(self.index)}")
+                self._add(
+                    f"step '{step.id}' needs unknown step '{need}'", *at, "needs", number, hint=hint
+                )
+        agents = self.loaded.spec.agents
+        if step.agent not in agents:
+            known = f"known agents: {', '.join(agents)}" if agents else "no agents are defined"
+            hint = _join(did_you_mean(step.agent, agents), known)
+            self._add(
+                f"step '{step.id}' uses unknown agent '{step.agent}'", *at, "agent", hint=hint
+            )
+        if step.concurrency is not None and step.foreach is None:
+            hint = "concurrency caps the parallel calls of a foreach step; add foreach or remove it"
+            self._add(
+                f"step '{step.id}' sets concurrency without foreach", *at, "concurrency", hint=hint
+            )
+
+    def _check_cycles(self) -> None:
+        graph: dict[str, list[str]] = {}
+        for step in self.workflow.steps:
+            graph.setdefault(step.id, [need for need in step.needs if need in self.index])
+        for cycle in _find_cycles(graph):
+            first = self.workflow.steps[self.index[cycle[0]]]
+            message = f"dependency cycle in workflow '{self.name}': {' -> '.join(cycle)}"
+            hint = "each arrow means 'needs'; remove one of these needs"
+            at = ("steps", self.index[cycle[0]], "needs", first.needs.index(cycle[1]))
+            self._add(message, *at, hint=hint)
+
+    def _check_step_templates(
+        self, position: int, step: StepSpec, upstream: frozenset[str]
+    ) -> None:
+        no_item = "only steps with foreach have 'item' and 'index'"
+        reasons = {
+            "prompt": None if step.foreach is not None else no_item,
+            "when": "'when' is evaluated once per step, before any foreach item",
+            "foreach": "'foreach' itself is evaluated before there are items",
+        }
+        for key, text in (("prompt", step.prompt), ("when", step.when), ("foreach", step.foreach)):
+            if text is None:
+                continue
+            what = (
+                f"the {key} of step '{step.id}'"
+                if key == "prompt"
+                else f"'{key}' of step '{step.id}'"
+            )
+            parts = (*self.base, "steps", position, key)
+            scope = _Scope(parts=parts, what=what, step=step, upstream=upstream, item=reasons[key])
+            self._check_template(text, scope)
+
+    def _check_template(self, text: str, scope: _Scope) -> None:
+        try:
+            found = references(text)
+        except TemplateSyntaxError as exc:
+            line = self.loaded.line_in(*scope.parts, line=exc.lineno)
+            message = f"template error in {scope.what}: {exc.message or exc}"
+            problem = ConfigProblem(
+                file=self.loaded.file, line=line, message=message, hint=_TEMPLATE_HINT
+            )
+            self.problems.append(problem)
+            return
+        seen: set[tuple[str, int | None]] = set()
+        for ref in found:
+            problem = self._reference_problem(ref, scope)
+            line = self.loaded.line_in(*scope.parts, line=ref.lineno)
+            if problem is None or (problem[0], line) in seen:
+                continue
+            seen.add((problem[0], line))
+            message, hint = problem
+            self.problems.append(
+                ConfigProblem(file=self.loaded.file, line=line, message=message, hint=hint)
+            )
+
+    def _reference_problem(self, ref: Reference, scope: _Scope) -> Problem | None:
+        if ref.root == "inputs":
+            return self._input_problem(ref, scope)
+        if ref.root == "steps":
+            return self._step_problem(ref, scope)
+        if ref.root in ("item", "index"):
+            if scope.item is None:
+                return None
+            return f"{scope.what} uses '{ref.root}', which is not defined there", scope.item
+        roots = ["inputs", "steps", *(["item", "index"] if scope.item is None else [])]
+        hint = _join(did_you_mean(ref.root, roots), f"templates can use: {', '.join(roots)}")
+        return f"{scope.what} uses unknown variable '{ref.root}'", hint
+
+    def _input_problem(self, ref: Reference, scope: _Scope) -> Problem | None:
+        declared = self.workflow.inputs
+        if not ref.path or ref.path[0] in declared:
+            return None
+        name = str(ref.path[0])
+        known = f"declared inputs: {', '.join(declared)}" if declared else None
+        declare = f"declare it in the workflow: inputs: {{{name}: {{type: string}}}}"
+        hint = _join(did_you_mean(name, declared), known) or declare
+        return f"{scope.what} uses unknown input '{name}'", hint
+
+    def _step_problem(self, ref: Reference, scope: _Scope) -> Problem | None:
+        if not ref.path:
+            return None
+        target = str(ref.path[0])
+        if target not in self.index:
+            hint = _join(did_you_mean(target, self.index), f"steps: {', '.join(self.index)}")
+            return f"{scope.what} refers to unknown step '{target}'", hint
+        step = scope.step
+        if step is not None and step.id == target:
+            return f"{scope.what} refers to its own step", "a step can only read the steps it needs"
+        if step is not None and scope.upstream is not None and target not in scope.upstream:
+            needs = ", ".join([*(need for need in step.needs if need in self.index), target])
+            hint = f"add it to the needs of step '{step.id}': needs: [{needs}]"
+            return f"{scope.what} refers to step '{target}', which is not upstream of it", hint
+        if len(ref.path) > 1 and ref.path[1] not in STEP_FIELDS:
+            field = str(ref.path[1])
+            hint = _join(did_you_mean(field, STEP_FIELDS), f"a step has: {', '.join(STEP_FIELDS)}")
+            return f"{scope.what} uses unknown field '{field}' of step '{target}'", hint
+        return None
+
+
+def _upstream(steps: list[StepSpec], index: Mapping[str, int]) -> dict[str, frozenset[str]]:
+    """For each step id, every step it needs, directly or through other steps."""
+    result: dict[str, frozenset[str]] = {}
+    for step in steps:
+        found: set[str] = set()
+        pending = [need for need in step.needs if need in index]
+        while pending:
+            need = pending.pop()
+            if need not in found:
+                found.add(need)
+                pending += [n for n in steps[index[need]].needs if n in index]
+        result.setdefault(step.id, frozenset(found))
+    return result
+
+
+def _find_cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
+    """Cycles of a dependency graph, each once, as `[a, b, c, a]` (a needs b needs c ...)."""
+    done: set[str] = set()
+    cycles: list[list[str]] = []
+    reported: set[frozenset[str]] = set()
+    for root in graph:
+        if root in done:
+            continue
+        path, branches = [root], [iter(graph[root])]
+        while branches:
+            following = next(branches[-1], None)
+            if following is None:
+                branches.pop()
+                done.add(path.pop())
+            elif following in path:
+                cycle = [*path[path.index(following) :], following]
+                if frozenset(cycle) not in reported:
+                    reported.add(frozenset(cycle))
+                    cycles.append(cycle)
+            elif following not in done:
+                path.append(following)
+                branches.append(iter(graph[following]))
+    return cycles
+
+
+def _join(*hints: str | None) -> str | None:
+    return " ".join(hint for hint in hints if hint) or None

@@ -1,0 +1,93 @@
+"""Plain records read from and written to agentmill's tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["EventRecord", "RunRecord", "RunStatus", "StepRecord", "StepStatus"]
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def finished(self) -> bool:
+        return self in {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED}
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRecord:
+    id: str
+    tenant: str
+    workflow: str
+    status: RunStatus
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None
+    error: str | None
+    snapshot: dict[str, Any]
+    config_path: str | None
+    usage: dict[str, int] | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    owner: str | None
+    owner_pid: int | None
+    owner_host: str | None
+    heartbeat_at: float | None
+    cancel_requested: bool
+    workflow_id: str | None = None
+    """The DBOS workflow currently executing this run (a new one per resume of a finished run)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRecord:
+    run_id: str
+    key: str
+    step_id: str
+    item_index: int | None
+    status: StepStatus
+    attempt: int
+    output: Any = None
+    error: str | None = None
+    usage: dict[str, int] | None = None
+    model: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventRecord:
+    """One entry of a run's ordered event log; `(step, attempt, seq)` identify it."""
+
+    run_id: str
+    seq: int
+    kind: str
+    step: str | None
+    attempt: int
+    data: dict[str, Any]
+    ts: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "seq": self.seq,
+            "kind": self.kind,
+            "step": self.step,
+            "attempt": self.attempt,
+            "data": self.data,
+            "ts": self.ts,
+        }

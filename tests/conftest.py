@@ -1,0 +1,74 @@
+"""Shared fixtures: settings per test, PostgreSQL databases, an engine on each backend."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from agentmill.engine.engine import Engine
+from agentmill.settings import Settings
+
+PG_ADMIN_URL = os.environ.get("AGENTMILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_available() -> str | None:
+    """None when PostgreSQL answers, else the reason it does not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return None
+    except psycopg.OperationalError as exc:
+        return f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}"
+
+
+_PG_SKIP_REASON = _pg_available()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    if _PG_SKIP_REASON is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {_PG_SKIP_REASON}")
+        pytest.skip(_PG_SKIP_REASON)
+    import psycopg
+
+    name = f"agentmill_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings on SQLite (a file under tmp_path) or on the session's PostgreSQL database."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+        return Settings(home=tmp_path / ".agentmill", database_url=url, heartbeat_interval=0.5)
+    return Settings(home=tmp_path / ".agentmill", heartbeat_interval=0.5)
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return Settings(home=tmp_path / ".agentmill", heartbeat_interval=0.5)
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[Engine]:
+    """A started engine with workers (DBOS launched), stopped after the test."""
+    engine = Engine(settings)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
