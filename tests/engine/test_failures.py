@@ -57,7 +57,9 @@ async def test_retries_are_exhausted_then_the_run_fails(engine: Engine) -> None:
         run, _ = await run_yaml(engine, RETRYING)
     assert run.status is RunStatus.FAILED
     assert fake.count("flaky") == 3
-    assert run.error == "step 'flaky' failed after 3 attempts: model openai:gpt-4o answered HTTP 503"
+    assert (
+        run.error == "step 'flaky' failed after 3 attempts: model openai:gpt-4o answered HTTP 503"
+    )
 
 
 TIMEOUT = """
@@ -131,7 +133,7 @@ workflows:
 
 async def test_cancel_stops_a_running_run_and_keeps_finished_work(engine: Engine) -> None:
     fake = ScriptedModel(latency=0.3)
-    loaded = load_project_text(CHAIN.replace("second\"}", "second\", timeout: 1h}"), "t.yaml")
+    loaded = load_project_text(CHAIN.replace('second"}', 'second", timeout: 1h}'), "t.yaml")
     with override_models(fake.model):
         run = await engine.submit(loaded.spec, "w", {})
         async for event in engine.follow(run.id):

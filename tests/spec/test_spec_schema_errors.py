@@ -212,8 +212,8 @@ def test_every_kind_of_problem_is_reported_together_in_line_order(tmp_path: Path
             "    hint: did you mean 'smart'? use a name from 'models' (smart) or provider:name",
             f"  {path}:8: unknown key 'timeot' in step 'a'",
             "    hint: did you mean 'timeout'?",
-            f"  {path}:8: the prompt of step 'a' refers to step 'b', which is not upstream of it",
-            "    hint: add it to the needs of step 'a': needs: [b]",
+            f"  {path}:8: the prompt of step 'a' refers to step 'b', which runs after it",
+            "    hint: step 'b' needs step 'a' (directly or through other steps)",
             f"  {path}:9: step 'b' uses unknown agent 'reviewr'",
             "    hint: did you mean 'reviewer'? known agents: reviewer",
         ]

@@ -82,9 +82,13 @@ workflows:
         (
             12,
             "step 'summary' needs unknown step 'securty'",
-            "did you mean 'security'? steps: security, summary",
+            "did you mean 'security'? steps in workflow 'w': security, summary",
         ),
-        (13, "step 'summary' needs unknown step 'other'", "steps: security, summary"),
+        (
+            13,
+            "step 'summary' needs unknown step 'other'",
+            "steps in workflow 'w': security, summary",
+        ),
     ]
 
 

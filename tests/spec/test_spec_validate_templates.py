@@ -117,7 +117,7 @@ workflows:
         (
             15,
             "the prompt of step 'act' refers to unknown step 'plam'",
-            "did you mean 'plan'? steps: plan, sign-off, act, other",
+            "did you mean 'plan'? steps in workflow 'w': plan, sign-off, act, other",
         ),
         (
             16,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 
 from agentmill.errors import ProviderError
@@ -13,7 +13,7 @@ _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 
 
 @contextmanager
-def map_provider_errors(model_label: str) -> Iterator[None]:
+def map_provider_errors(model_label: str) -> Generator[None]:
     """Turn provider failures into `ProviderError` (transient or not) naming the model."""
     from pydantic_ai.exceptions import (
         ModelAPIError,

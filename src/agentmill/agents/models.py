@@ -7,7 +7,7 @@ to install or the variable to set (never its value), not in the middle of a run.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +34,7 @@ _PROVIDERS: dict[str, _Provider] = {
     "anthropic": _Provider("ANTHROPIC_API_KEY", "anthropic", "anthropic"),
     "google-gla": _Provider("GOOGLE_API_KEY", "google.genai", "google"),
     "google": _Provider("GOOGLE_API_KEY", "google.genai", "google"),
+    "google-vertex": _Provider(None, "google.genai", "google"),
     "groq": _Provider("GROQ_API_KEY", "groq", "groq"),
     "mistral": _Provider("MISTRAL_API_KEY", "mistralai", "mistral"),
     "ollama": _Provider(None, "openai", "openai"),
@@ -44,7 +45,7 @@ _override: list[ModelFactory] = []
 
 
 @contextmanager
-def override_models(factory: ModelFactory) -> Iterator[None]:
+def override_models(factory: ModelFactory) -> Generator[None]:
     """Resolve every model reference with `factory(label)` (for tests of workflows)."""
     _override.append(factory)
     try:
@@ -70,9 +71,11 @@ def check_model(ref: str | ModelEndpoint) -> None:
         return
     provider = ref.split(":", 1)[0] if ":" in ref else ""
     if provider == "local":
-        from agentmill.agents.local import check_local_model
+        from agentmill.agents.local import local_model_status
 
-        check_local_model(ref)
+        usable, detail = local_model_status(ref)
+        if not usable:
+            raise MissingDependencyError(detail)
     elif provider == "test":
         return
     elif provider in _PROVIDERS:

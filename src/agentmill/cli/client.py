@@ -6,7 +6,7 @@ client speaking to `agentmill serve` plugs in here with the same methods.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
 from agentmill.engine.engine import Engine
@@ -16,7 +16,7 @@ __all__ = ["open_engine"]
 
 
 @asynccontextmanager
-async def open_engine(settings: Settings, *, workers: bool) -> AsyncIterator[Engine]:
+async def open_engine(settings: Settings, *, workers: bool) -> AsyncGenerator[Engine]:
     """An engine for one command; `workers` launches execution in this process."""
     engine = Engine(settings)
     await engine.start(launch_workers=workers)

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from agentmill.cli.exits import EXIT_FAILED, EXIT_OK
+from agentmill.cli.exits import EXIT_FAILED, EXIT_OK, out
 from agentmill.errors import AgentmillError
 from agentmill.settings import Settings, credential_present
 
 __all__ = ["run_doctor"]
 
-out = Console(highlight=False)
 
 _EXTRAS = [
     ("local model", "llama_cpp", "local"),
@@ -39,7 +37,7 @@ async def run_doctor() -> int:
         present = credential_present(var)
         table.add_row(var, _mark(present, missing="not set"), "set" if present else "")
     _check_local_model(table)
-    out.print(table)
+    out().print(table)
     return EXIT_OK if database_ok else EXIT_FAILED
 
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 
-from agentmill.cli.exits import EXIT_OK
+from agentmill.cli.exits import EXIT_OK, out
 from agentmill.errors import UserError
 
 __all__ = ["SCAFFOLD_FILES", "init_project"]
 
 SCAFFOLD_FILES = ("agentmill.yaml", "sample.diff")
-out = Console(highlight=False)
 
 
 def init_project(directory: Path) -> int:
@@ -30,11 +28,10 @@ def init_project(directory: Path) -> int:
     for name, target in zip(SCAFFOLD_FILES, targets, strict=True):
         target.write_text((scaffold / name).read_text(encoding="utf-8"), encoding="utf-8")
     config = directory / "agentmill.yaml"
-    out.print(f"[green]created[/] {escape(str(config))} and {escape(str(targets[1]))}")
-    out.print("next:")
-    out.print(f"  agentmill validate {escape(str(config))}")
-    out.print(
-        f"  agentmill run {escape(str(config))} review "
-        f"--input diff=@{escape(str(targets[1]))}"
+    out().print(f"[green]created[/] {escape(str(config))} and {escape(str(targets[1]))}")
+    out().print("next:")
+    out().print(f"  agentmill validate {escape(str(config))}")
+    out().print(
+        f"  agentmill run {escape(str(config))} review --input diff=@{escape(str(targets[1]))}"
     )
     return EXIT_OK

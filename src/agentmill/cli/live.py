@@ -110,8 +110,7 @@ class ProgressView:
         usage: dict[str, Any] = event.data.get("usage") or {}
         view.tokens = int(usage.get("output_tokens") or view.tokens)
         self._line(
-            f"[green]✔[/] {escape(view.key)} finished in {view.elapsed()} "
-            f"({view.tokens} tokens)"
+            f"[green]✔[/] {escape(view.key)} finished in {view.elapsed()} ({view.tokens} tokens)"
         )
         if self._live is None and view.text.strip():
             self._console.print(Text(_indent(view.text.strip())))

@@ -5,32 +5,30 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 
 from agentmill.cli.client import open_engine
-from agentmill.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, err
+from agentmill.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, err, out
 from agentmill.cli.live import ProgressView
 from agentmill.cli.report import print_outputs, run_to_json
 from agentmill.engine.engine import Engine
 from agentmill.engine.project import load_checked
 from agentmill.errors import InputError, NotFoundError
 from agentmill.settings import Settings
+from agentmill.spec.models import ProjectSpec
 from agentmill.store import RunRecord, RunStatus
 
 __all__ = ["follow_run", "parse_inputs", "run_workflow", "validate_file"]
-
-out = Console(highlight=False)
 
 
 def validate_file(path: Path) -> int:
     loaded = load_checked(path)
     spec = loaded.spec
-    out.print(
+    out().print(
         f"[green]ok[/] {escape(str(path))}: {len(spec.workflows)} workflow(s), "
         f"{len(spec.agents)} agent(s)"
     )
@@ -61,16 +59,25 @@ def _read_value(name: str, value: str) -> str:
         ) from None
 
 
-async def run_workflow(path: Path, workflow: str, pairs: list[str], *, as_json: bool) -> int:
+def run_workflow(
+    path: Path, workflow: str, pairs: list[str], *, as_json: bool
+) -> Coroutine[Any, Any, int]:
+    """Check everything that can be checked before starting, then run."""
     loaded = load_checked(path)
     if workflow not in loaded.spec.workflows:
         known = ", ".join(sorted(loaded.spec.workflows)) or "none"
         raise NotFoundError(f"no workflow {workflow!r} in {path} (workflows: {known})")
     raw = parse_inputs(pairs)
+    return _start(loaded.spec, workflow, raw, str(path.resolve()), as_json=as_json)
+
+
+async def _start(
+    spec: ProjectSpec, workflow: str, raw: dict[str, str], config_path: str, *, as_json: bool
+) -> int:
     async with open_engine(Settings(), workers=True) as engine:
-        run = await engine.submit(loaded.spec, workflow, raw, config_path=str(path.resolve()))
+        run = await engine.submit(spec, workflow, raw, config_path=config_path)
         if not as_json:
-            err.print(f"run [bold]{run.id}[/] started ({escape(workflow)})")
+            err().print(f"run [bold]{run.id}[/] started ({escape(workflow)})")
         return await follow_run(engine, run, as_json=as_json)
 
 
@@ -83,7 +90,7 @@ async def follow_run(engine: Engine, run: RunRecord, *, as_json: bool, after: in
     try:
         await _show(engine, run, as_json=as_json, after=after)
     except asyncio.CancelledError:
-        err.print(
+        err().print(
             f"\n[yellow]interrupted:[/] run {run.id} stopped; "
             f"continue it with: agentmill runs resume {run.id}"
         )
@@ -93,14 +100,16 @@ async def follow_run(engine: Engine, run: RunRecord, *, as_json: bool, after: in
     final = await engine.store.get_run(run.id, tenant=run.tenant)
     steps = await engine.store.steps(run.id)
     if as_json:
-        out.print_json(json.dumps(run_to_json(final, steps)))
+        out().print_json(json.dumps(run_to_json(final, steps)))
     else:
-        print_outputs(out, err, final)
+        print_outputs(out(), err(), final)
     return EXIT_OK if final.status is RunStatus.SUCCEEDED else EXIT_FAILED
 
 
 async def _show(engine: Engine, run: RunRecord, *, as_json: bool, after: int) -> None:
     step_ids = [step["id"] for step in _steps_of(run)]
+    from rich.console import Console
+
     console = Console(stderr=True, quiet=as_json)
     with ProgressView(console, step_ids=step_ids) as view:
         view.restore(await engine.store.steps(run.id))

@@ -7,19 +7,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from agentmill.cli.exits import EXIT_OK, err, run_command
+from agentmill.cli.exits import EXIT_OK, err, out, run_command
 
 if TYPE_CHECKING:
     from agentmill.store import RunRecord, RunStatus
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True)
-out = Console(highlight=False)
+app = typer.Typer(help="Inspect and control runs.", no_args_is_help=True, rich_markup_mode=None)
 
 RunId = Annotated[str, typer.Argument(help="Run id (see `agentmill runs list`)")]
 
@@ -63,6 +59,9 @@ def cancel(run_id: RunId) -> None:
 
 
 async def _list(status: str | None, workflow: str | None, limit: int, as_json: bool) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
     from agentmill.cli.client import open_engine
     from agentmill.settings import Settings
 
@@ -70,7 +69,7 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
     async with open_engine(Settings(), workers=False) as engine:
         runs = await engine.store.list_runs(status=wanted, workflow=workflow, limit=limit)
     if as_json:
-        out.print_json(json.dumps([_run_summary(r) for r in runs]))
+        out().print_json(json.dumps([_run_summary(r) for r in runs]))
         return EXIT_OK
     table = Table("id", "workflow", "status", "created", "tokens", box=None)
     for run in runs:
@@ -79,11 +78,14 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
         table.add_row(
             run.id, escape(run.workflow), str(run.status), _when(run.created_at), str(tokens)
         )
-    out.print(table if runs else "no runs yet: start one with `agentmill run FILE WORKFLOW`")
+    out().print(table if runs else "no runs yet: start one with `agentmill run FILE WORKFLOW`")
     return EXIT_OK
 
 
 async def _show(run_id: str, as_json: bool) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
     from agentmill.cli.client import open_engine
     from agentmill.cli.report import print_outputs, run_to_json
     from agentmill.settings import Settings
@@ -92,9 +94,9 @@ async def _show(run_id: str, as_json: bool) -> int:
         run = await engine.store.get_run(run_id)
         steps = await engine.store.steps(run_id)
     if as_json:
-        out.print_json(json.dumps(run_to_json(run, steps)))
+        out().print_json(json.dumps(run_to_json(run, steps)))
         return EXIT_OK
-    out.print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {run.status}")
+    out().print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {run.status}")
     table = Table("step", "status", "attempt", "model", "tokens in/out", "elapsed", box=None)
     for step in steps:
         usage = step.usage or {}
@@ -109,8 +111,8 @@ async def _show(run_id: str, as_json: bool) -> int:
             f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}",
             elapsed,
         )
-    out.print(table)
-    print_outputs(out, err, run)
+    out().print(table)
+    print_outputs(out(), err(), run)
     return EXIT_OK
 
 
@@ -122,14 +124,16 @@ async def _logs(run_id: str, follow: bool) -> int:
         await engine.store.get_run(run_id)
         if follow:
             async for event in engine.follow(run_id):
-                out.print_json(json.dumps(event.to_json()), indent=None)
+                out().print_json(json.dumps(event.to_json()), indent=None)
         else:
             for event in await engine.store.events(run_id):
-                out.print_json(json.dumps(event.to_json()), indent=None)
+                out().print_json(json.dumps(event.to_json()), indent=None)
     return EXIT_OK
 
 
 async def _resume(run_id: str, as_json: bool) -> int:
+    from rich.markup import escape
+
     from agentmill.cli.client import open_engine
     from agentmill.cli.run_cmd import follow_run
     from agentmill.settings import Settings
@@ -138,7 +142,7 @@ async def _resume(run_id: str, as_json: bool) -> int:
         after = await engine.store.last_seq(run_id)
         run = await engine.resume(run_id)
         if not as_json:
-            err.print(f"run [bold]{run.id}[/] resumed ({escape(run.workflow)})")
+            err().print(f"run [bold]{run.id}[/] resumed ({escape(run.workflow)})")
         return await follow_run(engine, run, as_json=as_json, after=after)
 
 
@@ -148,7 +152,7 @@ async def _cancel(run_id: str) -> int:
 
     async with open_engine(Settings(), workers=True) as engine:
         run = await engine.cancel(run_id)
-    err.print(f"run {run.id}: cancel requested (status {run.status})")
+    err().print(f"run {run.id}: cancel requested (status {run.status})")
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from agentmill.agents.base import Agent, StepRequest, StepResult
 from agentmill.engine.events import RunEmitter
 from agentmill.errors import ProviderError, StepFailed, StepTimeout, UserError
-from agentmill.store import Store, StepRecord, StepStatus
+from agentmill.store import StepRecord, StepStatus, Store
 
 __all__ = ["CallSpec", "run_call"]
 
@@ -134,18 +134,14 @@ async def _fail(
 ) -> StepRecord:
     request = call.request
     message = str(StepFailed(request.key, _describe(error), attempts=attempt))
-    record = _record(
-        request, StepStatus.FAILED, attempt, finished_at=time.time(), error=message
-    )
+    record = _record(request, StepStatus.FAILED, attempt, finished_at=time.time(), error=message)
     store.journal.put_step(record)
     emitter.emit("step_failed", step=request.key, attempt=attempt, error=message)
     await store.journal.commit()
     return record
 
 
-def _record(
-    request: StepRequest, status: StepStatus, attempt: int, **values: object
-) -> StepRecord:
+def _record(request: StepRequest, status: StepStatus, attempt: int, **values: object) -> StepRecord:
     return StepRecord(
         run_id=request.run_id,
         key=request.key,

@@ -14,6 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from agentmill.engine.events import EventBus, RunEmitter
@@ -90,6 +91,8 @@ class Engine:
 
             await asyncio.to_thread(destroy_dbos, self)
             self._launched = False
+            # DBOS made its (now shut down) pool this loop's default executor; replace it.
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from agentmill.engine.plan import RunPlan
 from agentmill.errors import RunFailure
 from agentmill.spec.models import StepSpec
 from agentmill.spec.templates import evaluate, is_truthy, render
-from agentmill.store import Store, StepRecord, StepStatus
+from agentmill.store import StepRecord, StepStatus, Store
 
 __all__ = ["NodeOutcome", "RunInterpreter", "RunOutcome"]
 
@@ -63,6 +63,8 @@ class RunInterpreter:
         self._checkpoints = checkpoints
         self._agents: dict[str, Agent] = {}
         self._nodes: dict[str, asyncio.Future[NodeOutcome]] = {}
+        self._views: dict[str, dict[str, Any]] = {}
+        """Template view of every finished step, kept up to date as steps finish."""
         limit = plan.workflow.concurrency
         self._run_slots = asyncio.Semaphore(limit) if limit else None
 
@@ -83,6 +85,11 @@ class RunInterpreter:
         except RunFailure as exc:
             outcome = NodeOutcome(status=StepStatus.FAILED, error=str(exc))
             self._emitter.emit("step_failed", step=step.id, error=str(exc))
+        self._views[step.id] = {
+            "output": outcome.output,
+            "skipped": outcome.status is StepStatus.SKIPPED,
+            "usage": outcome.usage.to_json(),
+        }
         future.set_result(outcome)
 
     async def _run_node(self, step: StepSpec) -> NodeOutcome:
@@ -91,7 +98,7 @@ class RunInterpreter:
         if blocked:
             self._emitter.emit("step_blocked", step=step.id, because=blocked)
             return NodeOutcome(status=StepStatus.FAILED, error=f"blocked by failed {blocked}")
-        context = self._template_context(upstream)
+        context = self._template_context()
         if step.when is not None and not is_truthy(evaluate(step.when, context)):
             return await self._skip(step)
         if step.foreach is not None:
@@ -100,24 +107,9 @@ class RunInterpreter:
         record = await self._call(step, prompt, index=None)
         return _node_outcome(record)
 
-    def _template_context(self, upstream: dict[str, NodeOutcome]) -> dict[str, Any]:
-        steps = {
-            step_id: {
-                "output": outcome.output,
-                "skipped": outcome.status is StepStatus.SKIPPED,
-                "usage": outcome.usage.to_json(),
-            }
-            for step_id, outcome in self._all_finished(upstream).items()
-        }
-        return {"inputs": self._inputs, "steps": steps}
-
-    def _all_finished(self, upstream: dict[str, NodeOutcome]) -> dict[str, NodeOutcome]:
-        """Direct and transitive upstream outcomes (all are done by now)."""
-        done = dict(upstream)
-        for step_id, future in self._nodes.items():
-            if step_id not in done and future.done():
-                done[step_id] = future.result()
-        return done
+    def _template_context(self) -> dict[str, Any]:
+        """Inputs and finished steps; validation allows templates to read only upstream ones."""
+        return {"inputs": self._inputs, "steps": self._views}
 
     async def _skip(self, step: StepSpec) -> NodeOutcome:
         self._store.journal.put_step(
@@ -184,14 +176,12 @@ class RunInterpreter:
         if failed:
             first = next(o.error for o in failed.values() if o.error)
             return RunOutcome(succeeded=False, outputs={}, error=first, usage=usage)
-        return RunOutcome(
-            succeeded=True, outputs=self._outputs(outcomes), error=None, usage=usage
-        )
+        return RunOutcome(succeeded=True, outputs=self._outputs(outcomes), error=None, usage=usage)
 
     def _outputs(self, outcomes: dict[str, NodeOutcome]) -> dict[str, Any]:
         workflow = self._plan.workflow
         if workflow.outputs:
-            context = self._template_context(outcomes)
+            context = self._template_context()
             return {name: render(tpl, context) for name, tpl in workflow.outputs.items()}
         needed = {dep for step in workflow.steps for dep in step.needs}
         return {
@@ -212,7 +202,7 @@ def _usage(record: StepRecord) -> Usage:
 
 
 @contextlib.asynccontextmanager
-async def _maybe(semaphore: asyncio.Semaphore | None) -> AsyncIterator[None]:
+async def _maybe(semaphore: asyncio.Semaphore | None) -> AsyncGenerator[None]:
     if semaphore is None:
         yield
         return

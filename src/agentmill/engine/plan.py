@@ -36,7 +36,9 @@ class RunPlan:
                 name: agent.model_dump(mode="json", exclude_unset=True)
                 for name, agent in self.agents.items()
             },
-            "models": {name: _MODEL_REF.dump_python(ref, mode="json") for name, ref in self.models.items()},
+            "models": {
+                name: _MODEL_REF.dump_python(ref, mode="json") for name, ref in self.models.items()
+            },
         }
 
     @classmethod

@@ -2,8 +2,8 @@
 
 Every problem found is reported at once in one `ConfigError`: YAML syntax, duplicate keys,
 unknown keys (with a "did you mean"), wrong types, bad durations, and the cross-reference
-checks of `validate`. Pydantic's error locations are mapped back to YAML lines here and
-nowhere else, so the messages speak of keys and steps rather than of pydantic types.
+checks of `validate`. Pydantic's errors are mapped back to YAML lines (in `_schema_errors`),
+so the messages speak of keys and steps rather than of pydantic types.
 """
 
 from __future__ import annotations

@@ -120,8 +120,7 @@ class _Scope:
     parts: tuple[str | int, ...]
     what: str
     step: StepSpec | None = None
-    upstream: frozenset[str] | None = None
-    """Steps the template may read; None means any step (workflow outputs)."""
+    """The step the template belongs to; None for workflow outputs, which may read any step."""
     item: str | None = None
     """Why `item` and `index` are not available here; None if they are."""
 
@@ -138,15 +137,16 @@ class _WorkflowCheck:
         self.index: dict[str, int] = {}
         for position, step in enumerate(self.workflow.steps):
             self.index.setdefault(step.id, position)
+        self.upstream = _upstream(self.workflow.steps, self.index)
+        self.known_steps = f"steps in workflow '{name}': {', '.join(self.index)}"
 
     def run(self) -> list[ConfigProblem]:
         self._check_inputs()
         for position, step in enumerate(self.workflow.steps):
             self._check_step(position, step)
         self._check_cycles()
-        upstream = _upstream(self.workflow.steps, self.index)
         for position, step in enumerate(self.workflow.steps):
-            self._check_step_templates(position, step, upstream[step.id])
+            self._check_step_templates(position, step)
         for key, text in (self.workflow.outputs or {}).items():
             what = f"output '{key}' of workflow '{self.name}'"
             scope = _Scope(parts=(*self.base, "outputs", key), what=what, item="outputs")
@@ -173,7 +173,7 @@ class _WorkflowCheck:
             )
         for number, need in enumerate(step.needs):
             if need not in self.index:
-                hint = _join(did_you_mean(need, self.index), f"steps: {', '.join(self.index)}")
+                hint = _join(did_you_mean(need, self.index), self.known_steps)
                 self._add(
                     f"step '{step.id}' needs unknown step '{need}'", *at, "needs", number, hint=hint
                 )
@@ -201,9 +201,7 @@ class _WorkflowCheck:
             at = ("steps", self.index[cycle[0]], "needs", first.needs.index(cycle[1]))
             self._add(message, *at, hint=hint)
 
-    def _check_step_templates(
-        self, position: int, step: StepSpec, upstream: frozenset[str]
-    ) -> None:
+    def _check_step_templates(self, position: int, step: StepSpec) -> None:
         no_item = "only steps with foreach have 'item' and 'index'"
         reasons = {
             "prompt": None if step.foreach is not None else no_item,
@@ -219,7 +217,7 @@ class _WorkflowCheck:
                 else f"'{key}' of step '{step.id}'"
             )
             parts = (*self.base, "steps", position, key)
-            scope = _Scope(parts=parts, what=what, step=step, upstream=upstream, item=reasons[key])
+            scope = _Scope(parts=parts, what=what, step=step, item=reasons[key])
             self._check_template(text, scope)
 
     def _check_template(self, text: str, scope: _Scope) -> None:
@@ -273,20 +271,30 @@ class _WorkflowCheck:
             return None
         target = str(ref.path[0])
         if target not in self.index:
-            hint = _join(did_you_mean(target, self.index), f"steps: {', '.join(self.index)}")
+            hint = _join(did_you_mean(target, self.index), self.known_steps)
             return f"{scope.what} refers to unknown step '{target}'", hint
-        step = scope.step
-        if step is not None and step.id == target:
-            return f"{scope.what} refers to its own step", "a step can only read the steps it needs"
-        if step is not None and scope.upstream is not None and target not in scope.upstream:
-            needs = ", ".join([*(need for need in step.needs if need in self.index), target])
-            hint = f"add it to the needs of step '{step.id}': needs: [{needs}]"
-            return f"{scope.what} refers to step '{target}', which is not upstream of it", hint
+        if scope.step is not None and (found := self._order_problem(target, scope)):
+            return found
         if len(ref.path) > 1 and ref.path[1] not in STEP_FIELDS:
             field = str(ref.path[1])
             hint = _join(did_you_mean(field, STEP_FIELDS), f"a step has: {', '.join(STEP_FIELDS)}")
             return f"{scope.what} uses unknown field '{field}' of step '{target}'", hint
         return None
+
+    def _order_problem(self, target: str, scope: _Scope) -> Problem | None:
+        """Whether the step of `scope` runs after `target`, so that it can read its output."""
+        assert scope.step is not None
+        step = scope.step.id
+        if step == target:
+            return f"{scope.what} refers to its own step", "a step can only read the steps it needs"
+        if target in self.upstream[step]:
+            return None
+        if step in self.upstream[target]:
+            hint = f"step '{target}' needs step '{step}' (directly or through other steps)"
+            return f"{scope.what} refers to step '{target}', which runs after it", hint
+        needs = ", ".join([*(need for need in scope.step.needs if need in self.index), target])
+        hint = f"add it to the needs of step '{step}': needs: [{needs}]"
+        return f"{scope.what} refers to step '{target}', which is not upstream of it", hint
 
 
 def _upstream(steps: list[StepSpec], index: Mapping[str, int]) -> dict[str, frozenset[str]]:

@@ -7,11 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentmill.errors import MissingDependencyError, UserError
 
-__all__ = ["async_url", "create_engine", "migrate", "prepare_sqlite_file", "sync_url"]
+__all__ = [
+    "async_url",
+    "create_engine",
+    "create_sync_engine",
+    "migrate",
+    "prepare_sqlite_file",
+    "sync_url",
+]
 
 _DRIVERS = {"postgresql", "postgres", "sqlite"}
 
@@ -75,25 +83,60 @@ def create_engine(url: str) -> AsyncEngine:
     """An async engine for agentmill's tables, tuned for the backend."""
     if _scheme(url) == "postgresql":
         _require_psycopg()
-        return create_async_engine(async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True)
+        return create_async_engine(
+            async_url(url), pool_size=10, max_overflow=10, pool_pre_ping=True
+        )
     engine = create_async_engine(async_url(url), pool_size=5, max_overflow=5)
-    sa.event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+    event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
     return engine
+
+
+def create_sync_engine(url: str) -> sa.Engine:
+    """A blocking engine, for the journal's writer thread and migrations."""
+    if _scheme(url) == "postgresql":
+        _require_psycopg()
+        return sa.create_engine(sync_url(url), pool_size=2, max_overflow=2, pool_pre_ping=True)
+    engine = sa.create_engine(sync_url(url))
+    event.listen(engine, "connect", _on_sqlite_connect)
+    return engine
+
+
+SCHEMA_REVISION = "0001"
+"""The newest migration; a test checks it is Alembic's head."""
+VERSION_TABLE = "am_alembic_version"
 
 
 def migrate(url: str) -> None:
     """Bring agentmill's tables to the newest schema (blocking; call via a thread)."""
-    from alembic import command
-    from alembic.config import Config
-
     if _scheme(url) == "postgresql":
         _require_psycopg()
     prepare_sqlite_file(url)
+    if _schema_revision(url) == SCHEMA_REVISION:
+        return  # the common case; importing Alembic alone costs ~0.3 s
+    _upgrade(url)
+
+
+def _schema_revision(url: str) -> str | None:
+    engine = create_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            if not sa.inspect(connection).has_table(VERSION_TABLE):
+                return None
+            query = sa.text(f"SELECT version_num FROM {VERSION_TABLE}")  # noqa: S608
+            return connection.execute(query).scalar()
+    finally:
+        engine.dispose()
+
+
+def _upgrade(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option(
         "script_location", str(resources.files("agentmill.store") / "migrations")
     )
-    engine = sa.create_engine(sync_url(url))
+    engine = create_sync_engine(url)
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection

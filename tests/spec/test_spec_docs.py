@@ -1,0 +1,46 @@
+"""The examples in docs/config.md load, and the error output shown there is the real one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from agentmill.errors import ConfigError, TemplateRenderError
+from agentmill.spec.loader import load_project_text
+from agentmill.spec.templates import render
+
+DOC = Path(__file__).parents[2] / "docs" / "config.md"
+
+
+def block(name: str) -> str:
+    """The fenced block that follows `<!-- test: name -->` in the doc."""
+    match = re.search(rf"<!-- test: {name} -->\n```\w*\n(.*?)```", DOC.read_text(), re.DOTALL)
+    assert match is not None, f"no block {name!r} in {DOC}"
+    return match.group(1)
+
+
+def test_complete_example_loads() -> None:
+    loaded = load_project_text(block("complete-example"), "agentmill.yaml")
+    review = loaded.spec.workflows["review"]
+    assert [step.id for step in review.steps] == [
+        "security",
+        "style",
+        "summary",
+        "plan",
+        "fix-each",
+    ]
+
+
+def test_bad_example_gives_the_documented_output() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_project_text(block("bad-example"), "agentmill.yaml")
+    assert str(info.value) + "\n" == block("bad-example-output")
+
+
+def test_documented_render_error() -> None:
+    context = {"steps": {"plan": {"output": {"paths": []}, "skipped": False}}}
+    with pytest.raises(TemplateRenderError) as info:
+        render("{{ steps.plan.output.files }}", context)
+    assert str(info.value) in DOC.read_text()
