@@ -31,7 +31,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models import ModelRequestParameters
 from pydantic_ai.settings import ModelSettings
 
-from agentmill.agents.local import LocalModel, load_local_model
+from agentmill.agents.local import REPEAT_PENALTY, LocalModel, load_local_model
 
 PROMPT = "Write a very long story about a dragon."  # answered at length: every run hits the limit
 TARGET = 0.90
@@ -44,6 +44,7 @@ def direct_run(llama: Llama, tokens: int) -> tuple[str, float]:
         messages=[{"role": "user", "content": PROMPT}],
         max_tokens=tokens,
         temperature=0,
+        repeat_penalty=REPEAT_PENALTY,
         stream=True,
     )
     assert not isinstance(chunks, dict)

@@ -43,7 +43,13 @@ if TYPE_CHECKING:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from llama_cpp.llama_types import ChatCompletionRequestMessage as _ChatTurn
 
-__all__ = ["LocalModel", "LocalStreamedResponse", "load_local_model", "local_model_status"]
+__all__ = [
+    "REPEAT_PENALTY",
+    "LocalModel",
+    "LocalStreamedResponse",
+    "load_local_model",
+    "local_model_status",
+]
 
 _N_CTX = 2048  # context window (prompt + output tokens) a model file is loaded with
 _TEMPERATURE = 0.2  # create_chat_completion's default; its other sampling defaults apply too
@@ -363,7 +369,7 @@ def _token_text(llama: Llama, token: int) -> str:
     return "" if token < 0 else llama.detokenize([token], special=True).decode(errors="replace")
 
 
-_REPEAT_PENALTY = 1.3
+REPEAT_PENALTY = 1.3
 """A 135M model loops on its own output without one; 1.3 keeps the demo readable."""
 
 
@@ -383,7 +389,7 @@ def _generate(
     produced = 0
     finish: msg.FinishReason | None = None
     with closing(
-        llama.generate(prompt, temp=generation.temperature, repeat_penalty=_REPEAT_PENALTY)
+        llama.generate(prompt, temp=generation.temperature, repeat_penalty=REPEAT_PENALTY)
     ) as tokens:
         for token in tokens:
             if loaded.is_end(token):

@@ -84,7 +84,8 @@ class ProgressView:
         elif event.kind == "run_resumed":
             self._line(f"resuming: {len(event.data.get('reused', []))} finished calls reused")
         if self._live is not None:
-            self._live.update(self._render())
+            # Text chunks ride on the 8/s auto-refresh; state changes show at once.
+            self._live.update(self._render(), refresh=event.kind != "step_output")
 
     def _on_step_event(self, event: EventRecord) -> None:
         assert event.step is not None

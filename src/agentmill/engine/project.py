@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentmill.agents.models import check_model
-from agentmill.errors import ConfigError, ConfigProblem, UserError
+from agentmill.errors import ConfigProblem, UserError
 from agentmill.spec.loader import LoadedProject, load_project
 
 __all__ = ["load_checked", "model_problems"]
@@ -13,11 +13,7 @@ __all__ = ["load_checked", "model_problems"]
 
 def load_checked(path: Path) -> LoadedProject:
     """Load and validate a config file, including that every model it uses is usable here."""
-    loaded = load_project(path)
-    problems = model_problems(loaded)
-    if problems:
-        raise ConfigError(problems)
-    return loaded
+    return load_project(path, checks=model_problems)
 
 
 def model_problems(loaded: LoadedProject) -> list[ConfigProblem]:

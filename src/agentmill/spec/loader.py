@@ -8,7 +8,7 @@ so the messages speak of keys and steps rather than of pydantic types.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,12 +86,16 @@ class LoadedProject:
         return ConfigProblem(file=self.file, line=self.line_of(*parts), message=message, hint=hint)
 
 
-def load_project(path: Path) -> LoadedProject:
+Checks = Callable[["LoadedProject"], list[ConfigProblem]]
+"""Extra checks from outer layers (e.g. model availability), reported with the spec's own."""
+
+
+def load_project(path: Path, *, checks: Checks | None = None) -> LoadedProject:
     """Read, parse and validate a project file; raises ConfigError listing every problem."""
-    return load_project_text(_read(path), str(path))
+    return load_project_text(_read(path), str(path), checks=checks)
 
 
-def load_project_text(text: str, filename: str) -> LoadedProject:
+def load_project_text(text: str, filename: str, *, checks: Checks | None = None) -> LoadedProject:
     """Parse and validate project text; `filename` is used in the problems' file:line."""
     data, lines, problems = _parse_yaml(text, filename)
     if not isinstance(data, dict):
@@ -105,6 +109,8 @@ def load_project_text(text: str, filename: str) -> LoadedProject:
         spec = _salvage(data)
     loaded = LoadedProject(spec, Path(filename), lines)
     problems += validate_project(loaded)
+    if checks is not None:
+        problems += checks(loaded)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
     return loaded

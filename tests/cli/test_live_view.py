@@ -1,0 +1,50 @@
+"""The live view on a terminal: step table, streamed text, superseded attempts dropped."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+
+from agentmill.cli.live import ProgressView
+from agentmill.store import EventRecord
+
+
+def _event(seq: int, kind: str, step: str | None, attempt: int = 1, **data: object) -> EventRecord:
+    return EventRecord(
+        run_id="r", seq=seq, kind=kind, step=step, attempt=attempt, data=data, ts=time.time()
+    )
+
+
+def test_terminal_view_shows_steps_and_drops_superseded_output() -> None:
+    console = Console(force_terminal=True, record=True, width=100)
+    with ProgressView(console, step_ids=["draft", "review"]) as view:
+        view.handle(_event(1, "step_started", "draft", attempt=1))
+        view.handle(_event(2, "step_output", "draft", attempt=1, text="lost "))
+        view.handle(_event(3, "step_started", "draft", attempt=2))
+        view.handle(_event(4, "step_output", "draft", attempt=1, text="stale"))
+        view.handle(_event(5, "step_output", "draft", attempt=2, text="fresh text"))
+        view.handle(_event(6, "step_started", "review"))
+        snapshot = console.export_text(clear=False)
+        view.handle(_event(7, "step_finished", "draft", attempt=2, usage={"output_tokens": 3}))
+    text = console.export_text()
+    assert "fresh text" in snapshot
+    assert "stale" not in snapshot
+    assert "draft finished" in text
+    assert "review" in text
+    assert "pending" in text
+
+
+def test_plain_view_prints_lines_and_finished_text() -> None:
+    console = Console(force_terminal=False, record=True, width=100)
+    with ProgressView(console, step_ids=["a"]) as view:
+        view.handle(_event(1, "step_started", "a"))
+        view.handle(_event(2, "step_output", "a", text="hello"))
+        view.handle(_event(3, "step_retrying", "a", error="HTTP 503", delay=0.5))
+        view.handle(_event(4, "step_started", "a", attempt=2))
+        view.handle(_event(5, "step_output", "a", attempt=2, text="world"))
+        view.handle(_event(6, "step_finished", "a", attempt=2, usage={"output_tokens": 1}))
+    text = console.export_text()
+    assert "a attempt 1 failed: HTTP 503; retrying in 0.5s" in text
+    assert "    world" in text
+    assert "hello" not in text
