@@ -157,3 +157,26 @@ async def test_cancel_requested_from_elsewhere_is_picked_up(engine: Engine) -> N
         await engine.store.update_run(run.id, cancel_requested=True)
         cancelled = await asyncio.wait_for(engine.wait(run.id), timeout=10)
     assert cancelled.status is RunStatus.CANCELLED
+
+
+async def test_log_records_carry_run_and_step_ids(engine: Engine) -> None:
+    import logging
+
+    from agentmill.logs import ContextFilter
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    handler.addFilter(ContextFilter())
+    logger = logging.getLogger("agentmill.engine")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    fake = ScriptedModel(fail=lambda prompt, n: _http(503) if n == 1 else None)
+    try:
+        with override_models(fake.model):
+            run, _ = await run_yaml(engine, RETRYING)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    retry = next(r for r in records if "retrying" in r.getMessage())
+    assert (retry.run_id, retry.step_id) == (run.id, "flaky")  # type: ignore[attr-defined]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +54,11 @@ def run_command(body: Body) -> None:
 
     from rich.markup import escape
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from agentmill.logs import configure_logging
+    from agentmill.settings import Settings
+
+    settings = Settings()
+    configure_logging(settings.log_level, as_json=settings.log_json)
     try:
         result = body()
         if asyncio.iscoroutine(result):

@@ -7,6 +7,7 @@ the database before anything downstream can see it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -14,9 +15,12 @@ from dataclasses import dataclass
 from agentmill.agents.base import Agent, StepRequest, StepResult
 from agentmill.engine.events import RunEmitter
 from agentmill.errors import ProviderError, StepFailed, StepTimeout, UserError
+from agentmill.logs import current_step
 from agentmill.store import StepRecord, StepStatus, Store
 
 __all__ = ["CallSpec", "run_call"]
+
+logger = logging.getLogger("agentmill.engine")
 
 MAX_BACKOFF = 60.0
 
@@ -61,6 +65,7 @@ async def run_call(
         if attempt >= max_attempts or not _retryable(error):
             return await _fail(call, attempt, error, store=store, emitter=emitter)
         delay = _backoff(call.backoff, attempt - (max_attempts - call.retries - 1))
+        logger.info("attempt %d failed, retrying in %.2fs: %s", attempt, delay, error)
         emitter.emit(
             "step_retrying",
             step=call.request.key,
@@ -75,6 +80,7 @@ async def _attempt(
     call: CallSpec, attempt: int, *, store: Store, emitter: RunEmitter
 ) -> tuple[StepRecord | None, Exception | None]:
     request = call.request
+    current_step.set(request.key)
     started = time.time()
     store.journal.put_step(_record(request, StepStatus.RUNNING, attempt, started_at=started))
     emitter.emit("step_started", step=request.key, attempt=attempt)

@@ -22,6 +22,7 @@ from agentmill.engine.interpreter import RunInterpreter, RunOutcome
 from agentmill.engine.liveness import owner_alive
 from agentmill.engine.plan import RunPlan, build_plan
 from agentmill.errors import InvalidStateError
+from agentmill.logs import current_run
 from agentmill.settings import Settings
 from agentmill.spec.inputs import coerce_inputs
 from agentmill.spec.models import ProjectSpec
@@ -244,6 +245,7 @@ class Engine:
         assert task is not None
         self._active[run_id] = task
         task.add_done_callback(lambda _: self._forget(run_id))
+        current_run.set(run_id)
         emitter = await self._emitter(run_id)
         return await self._execute(run, emitter)
 
