@@ -197,7 +197,7 @@ async def main() -> None:
             print(await bench_sequential(pg, "PostgreSQL"), flush=True)
     with sqlite_settings() as settings:
         print(await bench_fan_out(settings), flush=True)
-    with sqlite_settings(worker_concurrency=1000) as settings:
+    with sqlite_settings() as settings:
         print(await bench_memory(settings), flush=True)
 
 

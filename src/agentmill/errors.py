@@ -1,9 +1,10 @@
 """The one exception hierarchy of agentmill.
 
-Three kinds are kept apart: errors the user can fix (bad config, bad input, a missing
-key or package), failures of a run (a provider down, a timeout, a step that failed), and
-control flow (cancellation, interruption). Third-party exceptions are mapped to these once,
-at the boundary where they enter agentmill.
+Two kinds are kept apart: errors the user can fix (bad config, bad input, a missing key or
+package) and failures of a run (a provider down, a timeout, a step that failed).
+Third-party exceptions are mapped to these once, at the boundary where they enter agentmill.
+Cancellation and interruption are control flow carried by asyncio's CancelledError: a
+cancelled run is recorded as cancelled, an interrupted one stays resumable.
 
     AgentmillError
     ├── UserError                   -- exit code 2, HTTP 4xx; the message names the fix
@@ -13,14 +14,11 @@ at the boundary where they enter agentmill.
     │   ├── MissingCredentialError  -- an API key env var to set (its value never shown)
     │   ├── NotFoundError           -- an unknown run, workflow or agent
     │   └── InvalidStateError       -- e.g. resuming a finished run
-    ├── RunFailure                  -- exit code 1; the run is recorded as failed
-    │   ├── StepFailed              -- an agent step raised; carries step id and attempts
-    │   ├── StepTimeout             -- an agent step went past its timeout
-    │   ├── TemplateRenderError     -- a prompt/when/foreach template failed at run time
-    │   └── ProviderError           -- the model provider failed (transient or not)
-    └── ControlFlow
-        ├── RunCancelled            -- someone cancelled the run
-        └── RunInterrupted          -- Ctrl-C or shutdown; the run can be resumed
+    └── RunFailure                  -- exit code 1; the run is recorded as failed
+        ├── StepFailed              -- an agent step raised; carries step id and attempts
+        ├── StepTimeout             -- an agent step went past its timeout
+        ├── TemplateRenderError     -- a prompt/when/foreach template failed at run time
+        └── ProviderError           -- the model provider failed (transient or not)
 """
 
 from __future__ import annotations
@@ -31,16 +29,13 @@ __all__ = [
     "AgentmillError",
     "ConfigError",
     "ConfigProblem",
-    "ControlFlow",
     "InputError",
     "InvalidStateError",
     "MissingCredentialError",
     "MissingDependencyError",
     "NotFoundError",
     "ProviderError",
-    "RunCancelled",
     "RunFailure",
-    "RunInterrupted",
     "StepFailed",
     "StepTimeout",
     "TemplateRenderError",
@@ -138,15 +133,3 @@ class ProviderError(RunFailure):
     def __init__(self, message: str, *, transient: bool) -> None:
         self.transient = transient
         super().__init__(message)
-
-
-class ControlFlow(AgentmillError):
-    """Raised to stop work on purpose; never reported as a failure."""
-
-
-class RunCancelled(ControlFlow):
-    """The run was cancelled."""
-
-
-class RunInterrupted(ControlFlow):
-    """The run was interrupted (Ctrl-C, shutdown) and can be resumed."""

@@ -27,8 +27,6 @@ class Settings(BaseSettings):
     executor_id: str | None = Field(
         default=None, description="Override the per-process executor id (must be unique)"
     )
-    queue_polling_interval: float = 0.05
-    worker_concurrency: int = Field(default=100, ge=1)
     max_executor_threads: int = Field(default=16, ge=1)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     event_flush_interval: float = Field(default=0.05, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tests.cli.conftest import Cli
@@ -194,3 +195,38 @@ def test_help_lists_the_commands(cli: Cli) -> None:
     assert result.returncode == 0
     for command in ("init", "validate", "run", "runs", "doctor"):
         assert command in result.stdout
+
+
+def test_a_non_utf8_input_file_exits_2(cli: Cli) -> None:
+    config = _config(cli)
+    (cli.cwd / "binary.bin").write_bytes(b"\xff\xfe\x00\x81")
+    result = cli.run("run", str(config), "w", "-i", "topic=@binary.bin", recording=True)
+    assert result.returncode == 2
+    assert "not UTF-8" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_database_exits_2_without_the_password(cli: Cli) -> None:
+    cli.env["AGENTMILL_DATABASE_URL"] = "postgresql://app:s3cret@127.0.0.1:1/agentmill"
+    result = cli.run("runs", "list")
+    assert result.returncode == 2
+    assert "cannot open the database postgresql://app:***@127.0.0.1:1/agentmill" in result.stderr
+    assert "AGENTMILL_DATABASE_URL" in result.stderr
+    assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_two_cli_processes_do_not_take_or_interrupt_each_others_runs(cli: Cli) -> None:
+    config = _config(cli)
+    cli.env["AGENTMILL_TEST_LATENCY"] = "1.0"
+    first = cli.start("run", str(config), "w", "-i", "topic=long", "--json", recording=True)
+    while not cli.calls():
+        time.sleep(0.05)
+    cli.env["AGENTMILL_TEST_LATENCY"] = "0.1"
+    second = cli.run("run", str(config), "w", "-i", "topic=short", "--json", recording=True)
+    out, err = first.communicate(timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert first.returncode == 0, err
+    assert json.loads(out)["inputs"]["topic"] == "long"
+    assert json.loads(out)["status"] == "succeeded"
+    assert json.loads(second.stdout)["inputs"]["topic"] == "short"

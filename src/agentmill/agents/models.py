@@ -77,11 +77,22 @@ def check_model(ref: str | ModelEndpoint) -> None:
         if not usable:
             raise MissingDependencyError(detail)
     elif provider == "test":
-        return
+        _check_resolves(ref)
     elif provider in _PROVIDERS:
         _check_provider(provider, _PROVIDERS[provider])
+        _check_resolves(ref)
     else:
         raise UserError(f"unknown model {ref!r}: use provider:name, e.g. openai:gpt-4o-mini")
+
+
+def _check_resolves(ref: str) -> None:
+    """Let pydantic-ai build the model (no network) to catch what it would refuse mid-run."""
+    from pydantic_ai.exceptions import UserError as PydanticAIUserError
+
+    try:
+        resolve_model(ref)
+    except PydanticAIUserError as exc:
+        raise UserError(f"model {ref!r} cannot be used: {exc}") from None
 
 
 def _check_endpoint(ref: ModelEndpoint) -> None:

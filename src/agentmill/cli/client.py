@@ -19,8 +19,8 @@ __all__ = ["open_engine"]
 async def open_engine(settings: Settings, *, workers: bool) -> AsyncGenerator[Engine]:
     """An engine for one command; `workers` launches execution in this process."""
     engine = Engine(settings)
-    await engine.start(launch_workers=workers)
     try:
+        await engine.start(launch_workers=workers)
         yield engine
     finally:
         await engine.stop()

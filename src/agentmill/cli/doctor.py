@@ -43,9 +43,10 @@ async def run_doctor() -> int:
 
 async def _check_database(settings: Settings, table: Table) -> bool:
     from agentmill.store import Store
+    from agentmill.store.db import redact_url
 
     url = settings.resolved_database_url
-    where = url if settings.is_sqlite else _redact(url)
+    where = redact_url(url)
     try:
         store = await Store.open(url)
         await store.list_runs(limit=1)
@@ -76,13 +77,3 @@ def _installed(module: str) -> bool:
 
 def _mark(ok: bool, *, missing: str = "missing") -> str:
     return "[green]ok[/]" if ok else f"[yellow]{missing}[/]"
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a database URL."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}" if ":" in creds else url

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from agentmill.errors import AgentmillError, ControlFlow, RunFailure, UserError
+from agentmill.errors import AgentmillError, RunFailure, UserError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -69,9 +69,6 @@ def run_command(body: Body) -> None:
     except RunFailure as exc:
         err().print(f"[bold red]failed:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
-    except ControlFlow as exc:
-        err().print(f"[yellow]{escape(str(exc))}[/]", soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
     except AgentmillError as exc:
         err().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None

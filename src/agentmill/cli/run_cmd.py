@@ -52,6 +52,11 @@ def _read_value(name: str, value: str) -> str:
     path = Path(value[1:]).expanduser()
     try:
         return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(
+            f"--input {name}=@{path}: the file is not UTF-8 text; inputs are text, "
+            "convert it (e.g. iconv) or pass a text file"
+        ) from None
     except OSError as exc:
         raise InputError(
             f"--input {name}=@{path}: cannot read the file ({exc.strerror}); "

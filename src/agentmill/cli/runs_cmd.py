@@ -76,7 +76,7 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
         usage = run.usage or {}
         tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
         table.add_row(
-            run.id, escape(run.workflow), str(run.status), _when(run.created_at), str(tokens)
+            run.id, escape(run.workflow), _status(run), _when(run.created_at), str(tokens)
         )
     out().print(table if runs else "no runs yet: start one with `agentmill run FILE WORKFLOW`")
     return EXIT_OK
@@ -96,7 +96,7 @@ async def _show(run_id: str, as_json: bool) -> int:
     if as_json:
         out().print_json(json.dumps(run_to_json(run, steps)))
         return EXIT_OK
-    out().print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {run.status}")
+    out().print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {_status(run)}")
     table = Table("step", "status", "attempt", "model", "tokens in/out", "elapsed", box=None)
     for step in steps:
         usage = step.usage or {}
@@ -150,7 +150,7 @@ async def _cancel(run_id: str) -> int:
     from agentmill.cli.client import open_engine
     from agentmill.settings import Settings
 
-    async with open_engine(Settings(), workers=True) as engine:
+    async with open_engine(Settings(), workers=False) as engine:
         run = await engine.cancel(run_id)
     err().print(f"run {run.id}: cancel requested (status {run.status})")
     return EXIT_OK
@@ -176,6 +176,18 @@ def _run_summary(run: RunRecord) -> dict[str, object]:
         "finished_at": run.finished_at,
         "usage": run.usage or {},
     }
+
+
+def _status(run: RunRecord) -> str:
+    """The status, flagging a run whose executing process is gone."""
+    from agentmill.engine.liveness import owner_alive
+    from agentmill.settings import Settings
+    from agentmill.store import RunStatus
+
+    in_flight = run.status in {RunStatus.RUNNING, RunStatus.PENDING}
+    if in_flight and not owner_alive(run, heartbeat_interval=Settings().heartbeat_interval):
+        return f"{run.status} (its process is gone: agentmill runs resume)"
+    return str(run.status)
 
 
 def _when(ts: float) -> str:

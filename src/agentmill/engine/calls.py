@@ -92,11 +92,14 @@ async def _attempt(
         index=request.index,
         attempt=attempt,
     )
+    deadline = asyncio.timeout(call.timeout)
     try:
-        async with asyncio.timeout(call.timeout):
+        async with deadline:
             result = await call.agent.run(attempt_request, context)
-    except TimeoutError:
-        return None, StepTimeout(request.key, call.timeout or 0)
+    except TimeoutError as exc:
+        if deadline.expired() and call.timeout is not None:
+            return None, StepTimeout(request.key, call.timeout)
+        return None, exc
     except Exception as exc:  # noqa: BLE001 - any agent failure is recorded and maybe retried
         return None, exc
     return await _succeed(request, attempt, started, result, store=store, emitter=emitter), None

@@ -1,7 +1,8 @@
-"""The engine facade: start runs, resume, cancel, follow their events, execute them.
+"""The engine facade: start runs, resume, cancel, follow their events.
 
 One `Engine` per process. It owns the store, the live event bus and DBOS; the CLI and the
-server use only this class.
+server use only this class. An embedded engine executes the runs it submits or resumes itself,
+so a second `agentmill` process never picks up (and then interrupts) another one's runs.
 """
 
 from __future__ import annotations
@@ -9,27 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from agentmill.engine.events import EventBus, RunEmitter
-from agentmill.engine.interpreter import RunInterpreter, RunOutcome
-from agentmill.engine.liveness import owner_alive
+from agentmill.engine.events import EventBus
+from agentmill.engine.execution import RunExecutor, emitter_for, record_cancelled
+from agentmill.engine.liveness import Owner, owner_alive
 from agentmill.engine.plan import RunPlan, build_plan
 from agentmill.errors import InvalidStateError
-from agentmill.logs import current_run
 from agentmill.settings import Settings
 from agentmill.spec.inputs import coerce_inputs
 from agentmill.spec.models import ProjectSpec
 from agentmill.store import DEFAULT_TENANT, EventRecord, RunRecord, RunStatus, Store
-
-if TYPE_CHECKING:
-    from dbos import Queue
 
 __all__ = ["TERMINAL_EVENTS", "Engine"]
 
@@ -37,6 +32,7 @@ logger = logging.getLogger("agentmill.engine")
 
 TERMINAL_EVENTS = frozenset({"run_finished", "run_interrupted"})
 _WATCH_INTERVAL = 0.25
+_STOP_GRACE = 10.0
 
 
 class Engine:
@@ -45,15 +41,13 @@ class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bus = EventBus()
+        self.owner = Owner.of_this_process(settings.executor_id)
         self._store: Store | None = None
-        self._executor_id = settings.executor_id or ""
-        self._active: dict[str, asyncio.Task[Any]] = {}
-        self._cancelling: set[str] = set()
-        self._finishing: set[str] = set()
-        self._done: dict[str, asyncio.Event] = {}
+        self._executor: RunExecutor | None = None
+        self._pending: set[str] = set()
+        """Runs submitted or resumed here that have not started executing yet."""
         self._watcher: asyncio.Task[None] | None = None
         self._launched = False
-        self._queue: Queue | None = None
 
     @property
     def store(self) -> Store:
@@ -67,36 +61,55 @@ class Engine:
             self.settings.resolved_database_url,
             flush_interval=self.settings.event_flush_interval,
         )
-        if launch_workers:
-            from agentmill.engine.runtime import launch_dbos, new_executor_id
+        if not launch_workers:
+            return
+        from agentmill.engine.runtime import launch_dbos
 
-            self._executor_id = self.settings.executor_id or new_executor_id()
-            self._queue = await launch_dbos(self.settings, self._executor_id, self)
-            self._launched = True
-            self._watcher = asyncio.create_task(self._watch(), name="agentmill-watch")
+        self._executor = RunExecutor(
+            self._store,
+            self.bus,
+            self.owner,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            pending=self._pending,
+        )
+        launch_dbos(self.settings, self.owner.executor_id, self._executor)
+        self._launched = True
+        self._watcher = asyncio.create_task(self._watch(), name="agentmill-watch")
 
     async def stop(self) -> None:
         """Interrupt runs still executing here (they stay resumable), then shut down."""
-        for run_id, task in list(self._active.items()):
-            if run_id not in self._finishing:
-                task.cancel()
-        if self._active:
-            # Waiting on the DBOS workflow tasks themselves lets DBOS record their outcome.
-            await asyncio.wait(list(self._active.values()), timeout=10)
+        if self._executor is not None:
+            tasks = self._executor.interrupt_all()
+            if tasks:
+                # Waiting on the DBOS workflow tasks lets DBOS record how they ended.
+                await asyncio.wait(tasks, timeout=_STOP_GRACE)
+            await self._release_pending()
         if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
                 await self._watcher
         if self._launched:
             from agentmill.engine.runtime import destroy_dbos
 
-            await asyncio.to_thread(destroy_dbos, self)
+            await asyncio.to_thread(destroy_dbos, self._executor)
             self._launched = False
             # DBOS made its (now shut down) pool this loop's default executor; replace it.
             asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
         if self._store is not None:
             await self._store.close()
             self._store = None
+
+    async def _release_pending(self) -> None:
+        """Runs queued here but never started become interrupted, resumable elsewhere."""
+        for run_id in list(self._pending):
+            await self.store.update_run_if_owner(
+                run_id,
+                self.owner.executor_id,
+                expected_status=RunStatus.PENDING,
+                status=RunStatus.INTERRUPTED,
+                owner=None,
+            )
+        self._pending.clear()
 
     # starting, resuming, cancelling
 
@@ -112,9 +125,10 @@ class Engine:
         """Validate inputs, record the run with its plan snapshot, and queue it."""
         plan = build_plan(project, workflow)
         inputs = coerce_inputs(plan.workflow, raw_inputs)
-        run = _new_run(plan, inputs, config_path=config_path, tenant=tenant)
+        run = _new_run(plan, inputs, config_path=config_path, tenant=tenant, owner=self.owner)
         await self.store.create_run(run)
-        await self._enqueue(run.id)
+        self._pending.add(run.id)
+        await self._start_workflow(run.id, run.id)
         return run
 
     async def resume(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunRecord:
@@ -127,61 +141,60 @@ class Engine:
                 f"run {run_id} is still being executed by {run.owner}: "
                 "wait for it, or cancel it with `agentmill runs cancel`"
             )
-        await self.store.update_run(
-            run_id, status=RunStatus.PENDING, cancel_requested=False, owner=None, error=None
+        _check_models(RunPlan.from_json(run.snapshot))
+        taken = await self.store.update_run_if_owner(
+            run_id,
+            run.owner,
+            status=RunStatus.PENDING,
+            cancel_requested=False,
+            error=None,
+            **self.owner.columns(),
         )
-        await self._restart_workflow(run)
+        if not taken:
+            raise InvalidStateError(f"run {run_id} was just resumed by another process")
+        self._pending.add(run_id)
+        try:
+            await self._restart_workflow(run)
+        except BaseException:
+            self._pending.discard(run_id)
+            await self.store.update_run(run_id, status=run.status, owner=None)
+            raise
         return await self.store.get_run(run_id, tenant=tenant)
 
     async def _restart_workflow(self, run: RunRecord) -> None:
-        """Resume the run's DBOS workflow if it never finished, else start a new one."""
-        from dbos import DBOS
+        """Start a new DBOS workflow for the run; the last one never finishes."""
+        from agentmill.engine.runtime import cancel_stale_workflow
 
-        from agentmill.engine.runtime import RUN_QUEUE
-
-        workflow_id = run.workflow_id or run.id
-        status = await DBOS.get_workflow_status_async(workflow_id)
-        if status is not None and status.status in {"PENDING", "ENQUEUED", "CANCELLED"}:
-            await DBOS.resume_workflow_async(workflow_id, queue_name=RUN_QUEUE)
-            return
-        await self._enqueue(run.id, _next_workflow_id(run.id, workflow_id))
+        previous = run.workflow_id or run.id
+        await cancel_stale_workflow(previous)
+        await self._start_workflow(run.id, _next_workflow_id(run.id, previous))
 
     async def cancel(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunRecord:
-        """Ask the run to stop; it stops at once here, or at its owner's next check."""
+        """Ask the run to stop: at once if it executes here, else at its owner's next check."""
         run = await self.store.get_run(run_id, tenant=tenant)
         if run.status.finished:
             raise InvalidStateError(f"run {run_id} already {run.status}; nothing to cancel")
         await self.store.update_run(run_id, cancel_requested=True)
-        if run_id in self._active:
-            self._cancel_local(run_id)
+        if self._executor is not None and run_id in self._executor.active:
+            self._executor.cancel(run_id)
         elif not owner_alive(run, heartbeat_interval=self.settings.heartbeat_interval):
-            await self._mark_cancelled_offline(run)
+            await self._cancel_orphan(run)
         return await self.store.get_run(run_id, tenant=tenant)
 
-    async def _enqueue(self, run_id: str, workflow_id: str | None = None) -> None:
-        from dbos import SetWorkflowID
+    async def _cancel_orphan(self, run: RunRecord) -> None:
+        """Cancel a run nobody executes; the compare-and-set keeps a resumer from racing."""
+        if await self.store.update_run_if_owner(run.id, run.owner, owner=self.owner.executor_id):
+            self._pending.discard(run.id)
+            await record_cancelled(self.store, await emitter_for(self.store, self.bus, run.id))
+            await self.store.update_run(run.id, owner=None)
 
-        from agentmill.engine.runtime import agentmill_run
+    async def _start_workflow(self, run_id: str, workflow_id: str) -> None:
+        from agentmill.engine.runtime import start_run_workflow
 
-        if self._queue is None:
+        if not self._launched:
             raise InvalidStateError("the engine was started without workers")
-        workflow_id = workflow_id or run_id
         await self.store.update_run(run_id, workflow_id=workflow_id)
-        with SetWorkflowID(workflow_id):
-            await self._queue.enqueue_async(agentmill_run, run_id)
-
-    async def _mark_cancelled_offline(self, run: RunRecord) -> None:
-        from dbos import DBOS
-
-        await DBOS.cancel_workflow_async(run.workflow_id or run.id)
-        await self.store.update_run(run.id, status=RunStatus.CANCELLED, finished_at=time.time())
-        emitter = await self._emitter(run.id)
-        emitter.emit("run_finished", status=str(RunStatus.CANCELLED), error="cancelled")
-        await self.store.journal.commit()
-
-    def _cancel_local(self, run_id: str) -> None:
-        self._cancelling.add(run_id)
-        self._active[run_id].cancel()
+        await start_run_workflow(run_id, workflow_id)
 
     # following
 
@@ -193,25 +206,12 @@ class Engine:
         """
         queue = self.bus.subscribe(run_id)
         try:
-            await self.store.journal.commit()
             last = after
             while True:
-                try:
-                    live = await asyncio.wait_for(queue.get(), _WATCH_INTERVAL)
-                except TimeoutError:
-                    live = None
-                if live is not None and live.seq <= last:
-                    continue
-                if live is None or live.seq > last + 1:
-                    await self.store.journal.commit()
-                    backlog = await self.store.events(run_id, after=last)
-                    if live is None and not backlog and not await self._may_progress(run_id):
-                        return
-                else:
-                    backlog = [live]
+                backlog = await self._next_events(queue, run_id, last)
+                if backlog is None:
+                    return
                 for event in backlog:
-                    if event.seq <= last:
-                        continue
                     last = event.seq
                     yield event
                     if event.kind in TERMINAL_EVENTS:
@@ -219,136 +219,72 @@ class Engine:
         finally:
             self.bus.unsubscribe(run_id, queue)
 
+    async def _next_events(
+        self, queue: asyncio.Queue[EventRecord], run_id: str, last: int
+    ) -> list[EventRecord] | None:
+        """The events after `last`, waiting briefly; None when the run cannot progress."""
+        try:
+            live = await asyncio.wait_for(queue.get(), _WATCH_INTERVAL)
+        except TimeoutError:
+            live = None
+        if live is not None and live.seq == last + 1:
+            if live.kind in TERMINAL_EVENTS:
+                await self.store.journal.commit()  # the run's final state, written with it
+            return [live]
+        if live is not None and live.seq <= last:
+            return []
+        await self.store.journal.commit()
+        backlog = await self.store.events(run_id, after=last)
+        if backlog or live is not None or await self._may_progress(run_id):
+            return backlog
+        # Its end may have been written between the read and the status check.
+        return await self.store.events(run_id, after=last) or None
+
     async def _may_progress(self, run_id: str) -> bool:
-        run = await self.store.get_run_any(run_id)
-        if run.id in self._active or run.status is RunStatus.PENDING:
+        if run_id in self._pending or (
+            self._executor is not None and run_id in self._executor.active
+        ):
             return True
+        run = await self.store.get_run_any(run_id)
         return owner_alive(run, heartbeat_interval=self.settings.heartbeat_interval)
 
     async def wait(self, run_id: str) -> RunRecord:
         """Wait until the run's current execution ends, then return the run."""
-        run = await self.store.get_run_any(run_id)
-        if run.status is not RunStatus.PENDING and not await self._may_progress(run_id):
-            return run
-        async for _ in self.follow(run_id, after=await self.store.last_seq(run_id)):
-            pass
+        if await self._may_progress(run_id):
+            async for _ in self.follow(run_id, after=await self.store.last_seq(run_id)):
+                pass
         return await self.store.get_run_any(run_id)
 
-    # execution (called by the DBOS workflow)
-
-    async def execute_run(self, run_id: str) -> dict[str, Any]:
-        store = self.store
-        run = await store.get_run_any(run_id)
-        if run.status.finished:
-            return {"status": str(run.status)}
-        task = asyncio.current_task()
-        assert task is not None
-        self._active[run_id] = task
-        task.add_done_callback(lambda _: self._forget(run_id))
-        current_run.set(run_id)
-        emitter = await self._emitter(run_id)
-        return await self._execute(run, emitter)
-
-    def _forget(self, run_id: str) -> None:
-        self._active.pop(run_id, None)
-        self._cancelling.discard(run_id)
-        self._finishing.discard(run_id)
-
-    async def _execute(self, run: RunRecord, emitter: RunEmitter) -> dict[str, Any]:
-        checkpoints = {record.key: record for record in await self.store.steps(run.id)}
-        await self._claim(run)
-        emitter.emit(
-            "run_resumed" if checkpoints else "run_started",
-            workflow=run.workflow,
-            reused=sorted(k for k, r in checkpoints.items() if r.status == "succeeded"),
-        )
-        interpreter = RunInterpreter(
-            run_id=run.id,
-            plan=RunPlan.from_json(run.snapshot),
-            inputs=run.inputs,
-            store=self.store,
-            emitter=emitter,
-            checkpoints=checkpoints,
-        )
-        try:
-            outcome = await interpreter.execute()
-        except asyncio.CancelledError:
-            if run.id not in self._cancelling:
-                await self._record_interrupted(run.id, emitter)
-                raise
-            _uncancel()
-            self._finishing.add(run.id)
-            return await self._record_cancelled(run.id, emitter)
-        self._finishing.add(run.id)
-        return await self._record_outcome(run.id, outcome, emitter)
-
-    async def _claim(self, run: RunRecord) -> None:
-        now = time.time()
-        await self.store.update_run(
-            run.id,
-            status=RunStatus.RUNNING,
-            started_at=run.started_at or now,
-            owner=self._executor_id,
-            owner_pid=os.getpid(),
-            owner_host=socket.gethostname(),
-            heartbeat_at=now,
-            finished_at=None,
-        )
-
-    async def _record_outcome(
-        self, run_id: str, outcome: RunOutcome, emitter: RunEmitter
-    ) -> dict[str, Any]:
-        status = RunStatus.SUCCEEDED if outcome.succeeded else RunStatus.FAILED
-        await self.store.update_run(
-            run_id,
-            status=status,
-            outputs=outcome.outputs,
-            error=outcome.error,
-            usage=outcome.usage.to_json(),
-            finished_at=time.time(),
-        )
-        emitter.emit(
-            "run_finished",
-            status=str(status),
-            error=outcome.error,
-            outputs=outcome.outputs,
-            usage=outcome.usage.to_json(),
-        )
-        await self.store.journal.commit()
-        return {"status": str(status)}
-
-    async def _record_cancelled(self, run_id: str, emitter: RunEmitter) -> dict[str, Any]:
-        await self.store.update_run(run_id, status=RunStatus.CANCELLED, finished_at=time.time())
-        emitter.emit("run_finished", status=str(RunStatus.CANCELLED), error="cancelled")
-        await self.store.journal.commit()
-        return {"status": str(RunStatus.CANCELLED)}
-
-    async def _record_interrupted(self, run_id: str, emitter: RunEmitter) -> None:
-        await self.store.update_run(run_id, status=RunStatus.INTERRUPTED, owner=None)
-        emitter.emit("run_interrupted")
-        await self.store.journal.commit()
-
-    async def _emitter(self, run_id: str) -> RunEmitter:
-        await self.store.journal.commit()
-        last = await self.store.last_seq(run_id)
-        return RunEmitter(run_id, self.store, self.bus, last_seq=last)
+    # background upkeep
 
     async def _watch(self) -> None:
-        """Heartbeat the runs executing here and pick up cancel requests from elsewhere."""
+        """Heartbeat this process's runs and pick up cancel requests made elsewhere."""
         beat_every = max(1, round(self.settings.heartbeat_interval / _WATCH_INTERVAL))
         tick = 0
         while True:
             await asyncio.sleep(_WATCH_INTERVAL)
             tick += 1
-            active = list(self._active)
             try:
-                for run_id in await self.store.cancel_requested(active):
-                    if run_id in self._active and run_id not in self._cancelling:
-                        self._cancel_local(run_id)
-                if tick % beat_every == 0:
-                    await self.store.heartbeat(active)
-            except OSError as exc:
-                logger.warning("heartbeat failed: %s", exc)
+                await self._watch_once(heartbeat=tick % beat_every == 0)
+            except Exception as exc:  # noqa: BLE001 - keep heartbeating through a DB hiccup
+                logger.warning("run upkeep failed, will retry: %s", exc)
+
+    async def _watch_once(self, *, heartbeat: bool) -> None:
+        assert self._executor is not None
+        active = list(self._executor.active)
+        mine = active + sorted(self._pending)
+        for run_id in await self.store.cancel_requested(mine):
+            if run_id in self._executor.active:
+                self._executor.cancel(run_id)
+        if heartbeat:
+            await self.store.heartbeat(mine)
+
+
+def _check_models(plan: RunPlan) -> None:
+    from agentmill.agents.models import check_model
+
+    for ref in plan.models.values():
+        check_model(ref)
 
 
 def _next_workflow_id(run_id: str, current: str) -> str:
@@ -357,14 +293,8 @@ def _next_workflow_id(run_id: str, current: str) -> str:
     return f"{run_id}.{int(suffix or 1) + 1}"
 
 
-def _uncancel() -> None:
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()
-
-
 def _new_run(
-    plan: RunPlan, inputs: dict[str, Any], *, config_path: str | None, tenant: str
+    plan: RunPlan, inputs: dict[str, Any], *, config_path: str | None, tenant: str, owner: Owner
 ) -> RunRecord:
     return RunRecord(
         id=uuid.uuid4().hex[:20],
@@ -380,9 +310,9 @@ def _new_run(
         created_at=time.time(),
         started_at=None,
         finished_at=None,
-        owner=None,
-        owner_pid=None,
-        owner_host=None,
-        heartbeat_at=None,
+        owner=owner.executor_id,
+        owner_pid=owner.pid,
+        owner_host=owner.host,
+        heartbeat_at=time.time(),
         cancel_requested=False,
     )

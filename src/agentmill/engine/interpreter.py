@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,12 +19,14 @@ from agentmill.agents.factory import build_agent
 from agentmill.engine.calls import CallSpec, run_call
 from agentmill.engine.events import RunEmitter
 from agentmill.engine.plan import RunPlan
-from agentmill.errors import RunFailure
+from agentmill.errors import RunFailure, UserError
 from agentmill.spec.models import StepSpec
 from agentmill.spec.templates import evaluate, is_truthy, render
 from agentmill.store import StepRecord, StepStatus, Store
 
 __all__ = ["NodeOutcome", "RunInterpreter", "RunOutcome"]
+
+logger = logging.getLogger("agentmill.engine")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +43,10 @@ class RunOutcome:
     outputs: dict[str, Any]
     error: str | None
     usage: Usage
+
+    @classmethod
+    def failure(cls, error: str) -> RunOutcome:
+        return cls(succeeded=False, outputs={}, error=error, usage=Usage())
 
 
 class RunInterpreter:
@@ -83,14 +90,22 @@ class RunInterpreter:
         try:
             outcome = await self._run_node(step)
         except RunFailure as exc:
-            outcome = NodeOutcome(status=StepStatus.FAILED, error=str(exc))
-            self._emitter.emit("step_failed", step=step.id, error=str(exc))
+            outcome = self._node_failed(step, str(exc))
+        except UserError as exc:  # e.g. a model whose key is gone since the run started
+            outcome = self._node_failed(step, str(exc))
+        except Exception as exc:
+            logger.exception("step %s failed unexpectedly", step.id)
+            outcome = self._node_failed(step, f"{type(exc).__name__}: {exc}")
         self._views[step.id] = {
             "output": outcome.output,
             "skipped": outcome.status is StepStatus.SKIPPED,
             "usage": outcome.usage.to_json(),
         }
         future.set_result(outcome)
+
+    def _node_failed(self, step: StepSpec, error: str) -> NodeOutcome:
+        self._emitter.emit("step_failed", step=step.id, error=f"step '{step.id}': {error}")
+        return NodeOutcome(status=StepStatus.FAILED, error=f"step '{step.id}' failed: {error}")
 
     async def _run_node(self, step: StepSpec) -> NodeOutcome:
         upstream = {dep: await self._nodes[dep] for dep in step.needs}
@@ -132,13 +147,18 @@ class RunInterpreter:
                 f"step '{step.id}': foreach must give a list, got {type(items).__name__}"
             )
         slots = asyncio.Semaphore(step.concurrency) if step.concurrency else None
+        prompts = [
+            render(step.prompt, {**context, "item": item, "index": index})
+            for index, item in enumerate(items)
+        ]
 
-        async def one(index: int, item: Any) -> StepRecord:
-            prompt = render(step.prompt, {**context, "item": item, "index": index})
+        async def one(index: int, prompt: str) -> StepRecord:
             async with _maybe(slots):
                 return await self._call(step, prompt, index=index)
 
-        records = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(i, p)) for i, p in enumerate(prompts)]
+        records = [task.result() for task in tasks]
         failed = [r for r in records if r.status is StepStatus.FAILED]
         usage = sum((_usage(r) for r in records), Usage())
         if failed:
@@ -176,7 +196,13 @@ class RunInterpreter:
         if failed:
             first = next(o.error for o in failed.values() if o.error)
             return RunOutcome(succeeded=False, outputs={}, error=first, usage=usage)
-        return RunOutcome(succeeded=True, outputs=self._outputs(outcomes), error=None, usage=usage)
+        try:
+            outputs = self._outputs(outcomes)
+        except RunFailure as exc:
+            return RunOutcome(
+                succeeded=False, outputs={}, error=f"workflow outputs: {exc}", usage=usage
+            )
+        return RunOutcome(succeeded=True, outputs=outputs, error=None, usage=usage)
 
     def _outputs(self, outcomes: dict[str, NodeOutcome]) -> dict[str, Any]:
         workflow = self._plan.workflow

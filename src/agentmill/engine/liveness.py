@@ -5,13 +5,38 @@ from __future__ import annotations
 import os
 import socket
 import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
 
 from agentmill.store import RunRecord, RunStatus
 
-__all__ = ["owner_alive"]
+__all__ = ["Owner", "owner_alive"]
 
 HEARTBEAT_GRACE = 3.0
 """A run whose owner missed this many heartbeat intervals is taken as orphaned."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """This process, as recorded on the runs it submits and executes."""
+
+    executor_id: str
+    pid: int
+    host: str
+
+    @classmethod
+    def of_this_process(cls, executor_id: str | None = None) -> Owner:
+        host, pid = socket.gethostname(), os.getpid()
+        return cls(executor_id or f"{host}-{pid}-{uuid.uuid4().hex[:6]}", pid, host)
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "owner": self.executor_id,
+            "owner_pid": self.pid,
+            "owner_host": self.host,
+            "heartbeat_at": time.time(),
+        }
 
 
 def owner_alive(run: RunRecord, *, heartbeat_interval: float) -> bool:

@@ -1,19 +1,18 @@
-"""DBOS, kept in one place: launch and destroy, the queue, and the one generic workflow.
+"""DBOS, kept in one place: launch and destroy, and the one generic workflow.
 
-DBOS is process-global, so the engine running in this process registers itself here
-while it is started; the workflow function looks it up to do its work.
+DBOS is process-global, so the executor of the engine running in this process registers
+itself here while it is started; the workflow function looks it up to do its work.
+An embedded engine starts its runs' workflows directly in its own process (no shared
+queue), so two `agentmill` processes never execute, or interrupt, each other's runs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import uuid
 from typing import TYPE_CHECKING, Any
 
-from dbos import DBOS, DBOSConfig, Queue
+from dbos import DBOS, DBOSConfig, SetWorkflowID
 from dbos._serialization import Serializer
 
 from agentmill import ENGINE_VERSION
@@ -22,24 +21,34 @@ from agentmill.settings import Settings
 from agentmill.store.db import sync_url
 
 if TYPE_CHECKING:
-    from agentmill.engine.engine import Engine
+    from agentmill.engine.execution import RunExecutor
 
-__all__ = ["RUN_QUEUE", "agentmill_run", "destroy_dbos", "launch_dbos", "new_executor_id"]
+__all__ = [
+    "agentmill_run",
+    "cancel_stale_workflow",
+    "destroy_dbos",
+    "launch_dbos",
+    "start_run_workflow",
+]
 
-RUN_QUEUE = "agentmill-runs"
 logger = logging.getLogger("agentmill.engine")
 
-_engines: list[Engine] = []
+_executors: list[RunExecutor] = []
 
 
 class JsonSerializer(Serializer):
     """Everything agentmill hands to DBOS is JSON, never pickle."""
 
     def serialize(self, data: Any) -> str:
+        if isinstance(data, BaseException):
+            return json.dumps({"__error__": type(data).__name__, "message": str(data)})
         return json.dumps(data)
 
     def deserialize(self, serialized_data: str) -> Any:
-        return json.loads(serialized_data)
+        data = json.loads(serialized_data)
+        if isinstance(data, dict) and "__error__" in data:
+            return RuntimeError(f"{data['__error__']}: {data.get('message', '')}")
+        return data
 
     def name(self) -> str:
         return "agentmill_json"
@@ -48,14 +57,22 @@ class JsonSerializer(Serializer):
 @DBOS.workflow(name="agentmill.run")
 async def agentmill_run(run_id: str) -> dict[str, Any]:
     """The one durable workflow: interpret the plan snapshot stored with the run."""
-    if not _engines:
+    if not _executors:
         raise InvalidStateError("no agentmill engine is running in this process")
-    return await _engines[-1].execute_run(run_id)
+    return await _executors[-1].execute(run_id)
 
 
-def new_executor_id() -> str:
-    """Unique per process: two processes sharing an id would re-run each other's work."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+async def start_run_workflow(run_id: str, workflow_id: str) -> None:
+    """Start the run's workflow in this process under a given DBOS workflow id."""
+    with SetWorkflowID(workflow_id):
+        await DBOS.start_workflow_async(agentmill_run, run_id)
+
+
+async def cancel_stale_workflow(workflow_id: str) -> None:
+    """Mark an execution that will never finish (its process died) as cancelled in DBOS."""
+    status = await DBOS.get_workflow_status_async(workflow_id)
+    if status is not None and status.status in {"PENDING", "ENQUEUED"}:
+        await DBOS.cancel_workflow_async(workflow_id)
 
 
 def _config(settings: Settings, executor_id: str) -> DBOSConfig:
@@ -66,24 +83,20 @@ def _config(settings: Settings, executor_id: str) -> DBOSConfig:
         "executor_id": executor_id,
         "max_executor_threads": settings.max_executor_threads,
         "serializer": JsonSerializer(),
-        "log_level": settings.log_level,
+        # DBOS warns on every interrupted task; agentmill reports interruptions itself.
+        "log_level": "ERROR" if settings.log_level.upper() == "WARNING" else settings.log_level,
         "notification_listener_polling_interval_sec": 0.05,
     }
 
 
-async def launch_dbos(settings: Settings, executor_id: str, engine: Engine) -> Queue:
-    """Launch DBOS in this loop and register the run queue."""
+def launch_dbos(settings: Settings, executor_id: str, executor: RunExecutor) -> None:
+    """Launch DBOS (call from inside the running event loop)."""
     DBOS(config=_config(settings, executor_id))
-    _engines.append(engine)
+    _executors.append(executor)
     DBOS.launch()
-    return await DBOS.register_queue_async(
-        RUN_QUEUE,
-        worker_concurrency=settings.worker_concurrency,
-        polling_interval_sec=settings.queue_polling_interval,
-    )
 
 
-def destroy_dbos(engine: Engine) -> None:
-    if engine in _engines:
-        _engines.remove(engine)
+def destroy_dbos(executor: RunExecutor | None) -> None:
+    if executor in _executors:
+        _executors.remove(executor)
     DBOS.destroy(destroy_registry=False)

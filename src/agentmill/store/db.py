@@ -16,8 +16,10 @@ __all__ = [
     "async_url",
     "create_engine",
     "create_sync_engine",
+    "database_error",
     "migrate",
     "prepare_sqlite_file",
+    "redact_url",
     "sync_url",
 ]
 
@@ -48,6 +50,25 @@ def sync_url(url: str) -> str:
     """The SQLAlchemy sync URL (used for migrations and by DBOS)."""
     driver = "sqlite" if _scheme(url) == "sqlite" else "postgresql+psycopg"
     return f"{driver}://{_rest(url)}"
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password hidden, safe to print."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+
+
+def database_error(url: str, exc: BaseException) -> UserError:
+    """The user-facing error for a database that cannot be opened."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    if _scheme(url) == "sqlite":
+        fix = "check AGENTMILL_HOME (the directory of the SQLite file) is writable"
+    else:
+        fix = "check AGENTMILL_DATABASE_URL and that the server is running"
+    return UserError(f"cannot open the database {redact_url(url)}: {reason}; {fix}")
 
 
 def _require_psycopg() -> None:

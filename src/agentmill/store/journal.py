@@ -15,7 +15,8 @@ import contextlib
 import json
 import logging
 import threading
-from dataclasses import fields
+import time
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +31,8 @@ logger = logging.getLogger("agentmill.store")
 _STEP_FIELDS = [f.name for f in fields(StepRecord)]
 _EVENT_FIELDS = [f.name for f in fields(EventRecord)]
 _JSON_FIELDS = frozenset({"output", "usage", "data"})
+_WRITE_ATTEMPTS = 5
+_FIRST_RETRY_DELAY = 0.1
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
@@ -45,6 +48,7 @@ class Journal:
         self._wake = threading.Event()
         self._events: list[dict[str, Any]] = []
         self._steps: dict[tuple[str, str], dict[str, Any]] = {}
+        self._run_updates: list[dict[str, Any]] = []
         self._waiters: list[_Waiter] = []
         self._flushing = False
         self._closing = False
@@ -67,12 +71,26 @@ class Journal:
         with self._lock:
             self._steps[(step.run_id, step.key)] = row
 
+    def update_run(self, run_id: str, **values: Any) -> None:
+        """Queue a change to a run, written in the same transaction as the events before it."""
+        row = {
+            key: json.dumps(v) if key in _JSON_FIELDS | {"outputs"} else v
+            for key, v in values.items()
+        }
+        if "status" in row:
+            row["status"] = str(row["status"])
+        row["id"] = run_id
+        with self._lock:
+            self._run_updates.append(row)
+
     async def commit(self) -> None:
         """Wait until every row queued before this call is committed."""
+        if self._closing:
+            raise RuntimeError("the journal is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if not (self._events or self._steps or self._flushing):
+            if not (self._events or self._steps or self._run_updates or self._flushing):
                 return
             self._waiters.append((loop, future))
         self._wake.set()
@@ -93,7 +111,7 @@ class Journal:
             self._wake.clear()
             self._flush()
             with self._lock:
-                idle = not (self._events or self._steps or self._waiters)
+                idle = not (self._events or self._steps or self._run_updates or self._waiters)
             if self._closing and idle:
                 return
 
@@ -101,33 +119,49 @@ class Journal:
         with self._lock:
             event_rows, self._events = self._events, []
             step_rows, self._steps = list(self._steps.values()), {}
+            run_rows, self._run_updates = self._run_updates, []
             waiters, self._waiters = self._waiters, []
-            self._flushing = bool(event_rows or step_rows)
+            self._flushing = bool(event_rows or step_rows or run_rows)
         error: BaseException | None = None
         try:
-            if event_rows or step_rows:
-                self._write(step_rows, event_rows)
-        except Exception as exc:  # noqa: BLE001 - any driver error goes to the waiters
-            logger.error("journal write of %d events failed: %s", len(event_rows), exc)
-            self._reconnect()
-            error = exc
+            if event_rows or step_rows or run_rows:
+                error = self._write_with_retries(_Batch(step_rows, event_rows, run_rows))
         finally:
             with self._lock:
                 self._flushing = False
         for loop, future in waiters:
             loop.call_soon_threadsafe(_resolve, future, error)
 
-    def _write(self, step_rows: list[dict[str, Any]], event_rows: list[dict[str, Any]]) -> None:
+    def _write_with_retries(self, batch: _Batch) -> BaseException | None:
+        """Write the batch; a busy or restarting database gets a few tries with backoff."""
+        delay = _FIRST_RETRY_DELAY
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                self._write(batch)
+                return None
+            except Exception as exc:  # noqa: BLE001 - driver errors vary; all retried, then reported
+                logger.warning("journal write attempt %d failed: %s", attempt, exc)
+                self._reconnect()
+                if attempt == _WRITE_ATTEMPTS:
+                    logger.error("journal write of %d events abandoned", len(batch.events))
+                    return exc
+                time.sleep(delay)
+                delay *= 2
+        return None
+
+    def _write(self, batch: _Batch) -> None:
         """One transaction on a DB-API connection kept by this thread (no per-row overhead)."""
         if self._connection is None:
             self._connection = self._open_connection()
         cursor = self._connection.cursor()
         try:
-            for sql, rows in ((self._step_sql, step_rows), (self._event_sql, event_rows)):
+            for sql, rows in ((self._step_sql, batch.steps), (self._event_sql, batch.events)):
                 if len(rows) == 1:
                     cursor.execute(sql, rows[0])
                 elif rows:
                     cursor.executemany(sql, rows)
+            for row in batch.runs:
+                cursor.execute(_run_update_sql(self._engine.dialect.name, row), row)
             self._connection.commit()
         finally:
             cursor.close()
@@ -151,16 +185,32 @@ class Journal:
             self._connection = None
 
 
+@dataclass(frozen=True)
+class _Batch:
+    steps: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+
+
+def _placeholder(dialect: str, column: str) -> str:
+    if dialect == "sqlite":
+        return f":{column}"
+    json_column = column in _JSON_FIELDS or column == "outputs"
+    return f"%({column})s::json" if json_column else f"%({column})s"
+
+
+def _run_update_sql(dialect: str, row: dict[str, Any]) -> str:
+    columns = [c for c in row if c != "id"]
+    assignments = ", ".join(f"{c} = {_placeholder(dialect, c)}" for c in columns)
+    # Column names come from agentmill's own code, never from user input.
+    return f"UPDATE am_runs SET {assignments} WHERE id = {_placeholder(dialect, 'id')}"  # noqa: S608
+
+
 def _statements(dialect: str) -> tuple[str, str]:
     """The step upsert and event insert in the dialect's parameter style."""
 
-    def placeholder(column: str) -> str:
-        if dialect == "sqlite":
-            return f":{column}"
-        return f"%({column})s::json" if column in _JSON_FIELDS else f"%({column})s"
-
     def insert(table: str, columns: list[str]) -> str:
-        values = ", ".join(placeholder(c) for c in columns)
+        values = ", ".join(_placeholder(dialect, c) for c in columns)
         # Table and column names are constants of this module, never user input.
         return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"  # noqa: S608
 
@@ -168,7 +218,9 @@ def _statements(dialect: str) -> tuple[str, str]:
     step_sql = (
         insert("am_steps", _STEP_FIELDS) + f" ON CONFLICT (run_id, key) DO UPDATE SET {updates}"
     )
-    return step_sql, insert("am_events", _EVENT_FIELDS)
+    # A duplicate (run, seq) can only be a replay of an event already stored: keep the first.
+    event_sql = insert("am_events", _EVENT_FIELDS) + " ON CONFLICT (run_id, seq) DO NOTHING"
+    return step_sql, event_sql
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

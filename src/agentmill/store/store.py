@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmill.errors import NotFoundError
-from agentmill.store.db import create_engine, migrate
+from agentmill.store.db import create_engine, database_error, migrate
 from agentmill.store.journal import Journal
 from agentmill.store.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from agentmill.store.tables import events, runs, steps
@@ -30,7 +31,10 @@ class Store:
     @classmethod
     async def open(cls, url: str, *, flush_interval: float = 0.05) -> Store:
         """Migrate the schema, connect, and start the journal."""
-        await asyncio.to_thread(migrate, url)
+        try:
+            await asyncio.to_thread(migrate, url)
+        except (SQLAlchemyError, OSError) as exc:
+            raise database_error(url, exc) from None
         store = cls(create_engine(url), Journal(url, flush_interval=flush_interval))
         store.journal.start()
         return store
@@ -88,6 +92,25 @@ class Store:
             values["status"] = str(values["status"])
         async with self.engine.begin() as conn:
             await conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+    async def update_run_if_owner(
+        self,
+        run_id: str,
+        expected_owner: str | None,
+        *,
+        expected_status: RunStatus | None = None,
+        **values: Any,
+    ) -> bool:
+        """Update the run only if its owner (and status) are still as expected."""
+        if "status" in values:
+            values["status"] = str(values["status"])
+        owned = runs.c.owner.is_(None) if expected_owner is None else runs.c.owner == expected_owner
+        query = runs.update().where(runs.c.id == run_id, owned)
+        if expected_status is not None:
+            query = query.where(runs.c.status == str(expected_status))
+        async with self.engine.begin() as conn:
+            result = await conn.execute(query.values(**values))
+        return result.rowcount == 1
 
     async def heartbeat(self, run_ids: list[str]) -> None:
         if not run_ids:

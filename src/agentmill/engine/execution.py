@@ -1,0 +1,184 @@
+"""Executing one run inside the DBOS workflow: claim, interpret, record how it ended.
+
+Every way a run can end is recorded, its terminal event and its final status in one
+transaction, so a follower never sees one without the other:
+- finished (succeeded or failed, including an unexpected error: recorded, never left hanging);
+- cancelled (someone asked); the checkpoints stay, so it can be resumed;
+- interrupted (this process is stopping): DBOS keeps the workflow pending for a resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from agentmill.engine.events import EventBus, RunEmitter
+from agentmill.engine.interpreter import RunInterpreter, RunOutcome
+from agentmill.engine.liveness import Owner, owner_alive
+from agentmill.engine.plan import RunPlan
+from agentmill.logs import current_run
+from agentmill.store import RunRecord, RunStatus, StepStatus, Store
+
+__all__ = ["RunExecutor"]
+
+logger = logging.getLogger("agentmill.engine")
+
+
+class RunExecutor:
+    """Runs executing in this process, and the bookkeeping to cancel or interrupt them."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        owner: Owner,
+        *,
+        heartbeat_interval: float,
+        pending: set[str],
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._owner = owner
+        self._heartbeat_interval = heartbeat_interval
+        self._pending = pending
+        """The engine's runs submitted here and not started yet; shared, updated here."""
+        self.active: dict[str, asyncio.Task[Any]] = {}
+        self._cancelling: set[str] = set()
+        self._finishing: set[str] = set()
+        self.stopping = False
+
+    async def execute(self, run_id: str) -> dict[str, Any]:
+        if self.stopping:
+            raise asyncio.CancelledError  # dequeued during shutdown: leave it pending in DBOS
+        run = await self._store.get_run_any(run_id)
+        if run.status.finished:
+            return {"status": str(run.status)}
+        emitter = await emitter_for(self._store, self._bus, run_id)
+        task = asyncio.current_task()
+        assert task is not None
+        self.active[run_id] = task
+        task.add_done_callback(lambda _: self._forget(run_id))
+        self._pending.discard(run_id)
+        current_run.set(run_id)
+        try:
+            return await self._execute(run, emitter)
+        except asyncio.CancelledError:
+            if run_id not in self._cancelling:
+                await self._record_interrupted(run_id, emitter)
+                raise
+            _uncancel()
+            return await self._record_cancelled(run_id, emitter)
+        except Exception as exc:
+            logger.exception("run %s stopped by an unexpected error", run_id)
+            outcome = RunOutcome.failure(f"internal error: {type(exc).__name__}: {exc}")
+            return await self._record_outcome(run_id, outcome, emitter)
+
+    def cancel(self, run_id: str) -> None:
+        """Cancel a run executing here, unless it is already recording its end."""
+        if run_id in self.active and run_id not in self._finishing | self._cancelling:
+            self._cancelling.add(run_id)
+            self.active[run_id].cancel()
+
+    def interrupt_all(self) -> list[asyncio.Task[Any]]:
+        """Interrupt every run not already finishing; returns the tasks to wait for."""
+        self.stopping = True
+        for run_id, task in self.active.items():
+            if run_id not in self._finishing:
+                task.cancel()
+        return list(self.active.values())
+
+    def _forget(self, run_id: str) -> None:
+        self.active.pop(run_id, None)
+        self._cancelling.discard(run_id)
+        self._finishing.discard(run_id)
+
+    async def _execute(self, run: RunRecord, emitter: RunEmitter) -> dict[str, Any]:
+        checkpoints = {record.key: record for record in await self._store.steps(run.id)}
+        if not await self._claim(run):
+            logger.warning("run %s is owned by another process; not executing it", run.id)
+            return {"status": "not-owner"}
+        if run.cancel_requested:
+            return await self._record_cancelled(run.id, emitter)
+        emitter.emit(
+            "run_resumed" if checkpoints else "run_started",
+            workflow=run.workflow,
+            reused=sorted(k for k, r in checkpoints.items() if r.status is StepStatus.SUCCEEDED),
+        )
+        interpreter = RunInterpreter(
+            run_id=run.id,
+            plan=RunPlan.from_json(run.snapshot),
+            inputs=run.inputs,
+            store=self._store,
+            emitter=emitter,
+            checkpoints=checkpoints,
+        )
+        outcome = await interpreter.execute()
+        return await self._record_outcome(run.id, outcome, emitter)
+
+    async def _claim(self, run: RunRecord) -> bool:
+        """Take the run, provided no other live process owns it (compare-and-set)."""
+        mine = run.owner in (None, self._owner.executor_id)
+        if not mine and owner_alive(run, heartbeat_interval=self._heartbeat_interval):
+            return False
+        return await self._store.update_run_if_owner(
+            run.id,
+            run.owner,
+            status=RunStatus.RUNNING,
+            started_at=run.started_at or time.time(),
+            finished_at=None,
+            **self._owner.columns(),
+        )
+
+    async def _record_outcome(
+        self, run_id: str, outcome: RunOutcome, emitter: RunEmitter
+    ) -> dict[str, Any]:
+        self._finishing.add(run_id)
+        status = RunStatus.SUCCEEDED if outcome.succeeded else RunStatus.FAILED
+        usage = outcome.usage.to_json()
+        emitter.emit(
+            "run_finished",
+            status=str(status),
+            error=outcome.error,
+            outputs=outcome.outputs,
+            usage=usage,
+        )
+        self._store.journal.update_run(
+            run_id,
+            status=status,
+            outputs=outcome.outputs,
+            error=outcome.error,
+            usage=usage,
+            finished_at=time.time(),
+        )
+        await self._store.journal.commit()
+        return {"status": str(status)}
+
+    async def _record_cancelled(self, run_id: str, emitter: RunEmitter) -> dict[str, Any]:
+        self._finishing.add(run_id)
+        await record_cancelled(self._store, emitter)
+        return {"status": str(RunStatus.CANCELLED)}
+
+    async def _record_interrupted(self, run_id: str, emitter: RunEmitter) -> None:
+        emitter.emit("run_interrupted")
+        self._store.journal.update_run(run_id, status=RunStatus.INTERRUPTED, owner=None)
+        await self._store.journal.commit()
+
+
+async def emitter_for(store: Store, bus: EventBus, run_id: str) -> RunEmitter:
+    """An emitter continuing the run's sequence numbers after what is already stored."""
+    await store.journal.commit()
+    return RunEmitter(run_id, store, bus, last_seq=await store.last_seq(run_id))
+
+
+async def record_cancelled(store: Store, emitter: RunEmitter) -> None:
+    emitter.emit("run_finished", status=str(RunStatus.CANCELLED), error="cancelled")
+    store.journal.update_run(emitter.run_id, status=RunStatus.CANCELLED, finished_at=time.time())
+    await store.journal.commit()
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()

@@ -1,0 +1,127 @@
+"""Faults that must end a run cleanly rather than leave it hanging (review findings)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from agentmill.agents.models import override_models
+from agentmill.engine.engine import Engine
+from agentmill.store import EventRecord, RunStatus, StepRecord, StepStatus
+from tests.engine.helpers import run_yaml
+from tests.fakes import ScriptedModel
+
+TWO = """
+version: 1
+agents:
+  a: {model: openai:gpt-4o}
+workflows:
+  w:
+    steps:
+      - {id: one, agent: a, prompt: "one"}
+      - {id: two, agent: a, needs: [one], prompt: "two"}
+"""
+
+
+async def test_a_model_that_cannot_be_built_fails_the_run_instead_of_hanging(
+    engine: Engine,
+) -> None:
+    def broken(label: str) -> object:
+        raise RuntimeError("provider refused to start")
+
+    with override_models(broken):  # type: ignore[arg-type]
+        run, events = await asyncio.wait_for(run_yaml(engine, TWO), timeout=20)
+    assert run.status is RunStatus.FAILED
+    assert run.error == "step 'one' failed: RuntimeError: provider refused to start"
+    assert events[-1].kind == "run_finished"
+
+
+async def test_an_output_template_failing_at_run_time_fails_the_run(engine: Engine) -> None:
+    text = TWO.replace(
+        "    steps:", '    outputs: {x: "{{ steps.two.output.missing }}"}\n    steps:'
+    )
+    with override_models(ScriptedModel().model):
+        run, _ = await asyncio.wait_for(run_yaml(engine, text), timeout=20)
+    assert run.status is RunStatus.FAILED
+    assert (run.error or "").startswith("workflow outputs:")
+
+
+FOREACH = """
+version: 1
+agents:
+  a: {model: openai:gpt-4o}
+workflows:
+  w:
+    inputs: {items: {type: list}}
+    steps:
+      - {id: each, agent: a, foreach: "{{ inputs.items }}", prompt: "{{ item.name }}"}
+"""
+
+
+async def test_a_foreach_item_that_cannot_render_starts_no_call(engine: Engine) -> None:
+    fake = ScriptedModel(latency=0.2)
+    with override_models(fake.model):
+        run, events = await run_yaml(engine, FOREACH, inputs={"items": [{"name": "a"}, {}]})
+    await asyncio.sleep(0.3)
+    assert run.status is RunStatus.FAILED
+    assert fake.calls == []
+    assert events[-1].kind == "run_finished"
+
+
+async def test_a_duplicate_event_does_not_poison_other_runs_rows(engine: Engine) -> None:
+    journal = engine.store.journal
+    now = time.time()
+    event = EventRecord(run_id="x", seq=1, kind="k", step=None, attempt=0, data={}, ts=now)
+    journal.add_event(event)
+    await journal.commit()
+    journal.add_event(event)
+    journal.put_step(
+        StepRecord(
+            run_id="y",
+            key="s",
+            step_id="s",
+            item_index=None,
+            status=StepStatus.SUCCEEDED,
+            attempt=1,
+        )
+    )
+    await journal.commit()
+    assert [s.key for s in await engine.store.steps("y")] == ["s"]
+    assert len(await engine.store.events("x")) == 1
+
+
+async def test_upkeep_survives_a_database_error(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = 0
+    real = engine.store.cancel_requested
+
+    async def flaky(run_ids: list[str]) -> set[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return await real(run_ids)
+
+    monkeypatch.setattr(engine.store, "cancel_requested", flaky)
+    await asyncio.sleep(0.8)
+    assert calls >= 2
+    assert engine._watcher is not None
+    assert not engine._watcher.done()
+
+
+async def test_follow_ends_for_a_pending_run_nobody_will_execute(engine: Engine) -> None:
+    fake = ScriptedModel(latency=1)
+    with override_models(fake.model):
+        from agentmill.spec.loader import load_project_text
+
+        run = await engine.submit(load_project_text(TWO, "t.yaml").spec, "w", {})
+        await engine.store.update_run(run.id, status=RunStatus.PENDING, owner=None)
+        engine._pending.discard(run.id)
+        assert engine._executor is not None
+        engine._executor.active.pop(run.id, None)
+        events = [e async for e in engine.follow(run.id, after=10_000)]
+    assert events == []
