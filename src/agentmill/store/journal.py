@@ -153,15 +153,14 @@ class Journal:
         """One transaction on a DB-API connection kept by this thread (no per-row overhead)."""
         if self._connection is None:
             self._connection = self._open_connection()
+        dialect = self._engine.dialect.name
         cursor = self._connection.cursor()
         try:
             for sql, rows in ((self._step_sql, batch.steps), (self._event_sql, batch.events)):
-                if len(rows) == 1:
-                    cursor.execute(sql, rows[0])
-                elif rows:
+                if rows:
                     cursor.executemany(sql, rows)
             for row in batch.runs:
-                cursor.execute(_run_update_sql(self._engine.dialect.name, row), row)
+                cursor.execute(_run_update_sql(dialect, row), row)
             self._connection.commit()
         finally:
             cursor.close()
