@@ -125,3 +125,45 @@ async def test_follow_ends_for_a_pending_run_nobody_will_execute(engine: Engine)
         engine._executor.active.pop(run.id, None)
         events = [e async for e in engine.follow(run.id, after=10_000)]
     assert events == []
+
+
+async def test_a_database_error_before_the_claim_does_not_leave_waiters_hanging(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentmill.spec.loader import load_project_text
+
+    real = engine.store.get_run_any
+    failed = False
+
+    async def fail_once(run_id: str) -> object:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return await real(run_id)
+
+    monkeypatch.setattr(engine.store, "get_run_any", fail_once)
+    with override_models(ScriptedModel().model):
+        run = await engine.submit(load_project_text(TWO, "t.yaml").spec, "w", {})
+        final = await asyncio.wait_for(engine.wait(run.id), timeout=20)
+    assert failed
+    assert final.status is RunStatus.PENDING  # never started; `runs resume` picks it up
+
+
+async def test_a_run_taken_over_by_another_owner_is_stopped_and_not_overwritten(
+    engine: Engine,
+) -> None:
+    from agentmill.spec.loader import load_project_text
+
+    fake = ScriptedModel(latency=2)
+    with override_models(fake.model):
+        run = await engine.submit(load_project_text(TWO, "t.yaml").spec, "w", {})
+        while not fake.calls:
+            await asyncio.sleep(0.02)
+        await engine.store.update_run(run.id, owner="another-host-1-abc")
+        kinds = [e.kind async for e in engine.follow(run.id)]
+    assert kinds[-1] == "run_interrupted"
+    taken = await engine.store.get_run(run.id)
+    assert taken.owner == "another-host-1-abc"
+    assert taken.status is RunStatus.RUNNING
+    assert fake.calls == ["one"]

@@ -69,6 +69,9 @@ def run_command(body: Body) -> None:
     except RunFailure as exc:
         err().print(f"[bold red]failed:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
+    except KeyboardInterrupt:
+        err().print("[yellow]interrupted[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except AgentmillError as exc:
         err().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None

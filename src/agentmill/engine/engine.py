@@ -69,7 +69,6 @@ class Engine:
             self._store,
             self.bus,
             self.owner,
-            heartbeat_interval=self.settings.heartbeat_interval,
             pending=self._pending,
         )
         launch_dbos(self.settings, self.owner.executor_id, self._executor)
@@ -142,22 +141,27 @@ class Engine:
                 "wait for it, or cancel it with `agentmill runs cancel`"
             )
         _check_models(RunPlan.from_json(run.snapshot))
-        taken = await self.store.update_run_if_owner(
-            run_id,
-            run.owner,
-            status=RunStatus.PENDING,
-            cancel_requested=False,
-            error=None,
-            **self.owner.columns(),
-        )
-        if not taken:
-            raise InvalidStateError(f"run {run_id} was just resumed by another process")
         self._pending.add(run_id)
+        taken = False
         try:
+            taken = await self.store.update_run_if_owner(
+                run_id,
+                run.owner,
+                expected_status=run.status,
+                status=RunStatus.PENDING,
+                cancel_requested=False,
+                error=None,
+                **self.owner.columns(),
+            )
+            if not taken:
+                raise InvalidStateError(f"run {run_id} changed just now; look again with runs show")
             await self._restart_workflow(run)
         except BaseException:
             self._pending.discard(run_id)
-            await self.store.update_run(run_id, status=run.status, owner=None)
+            if taken:  # give the run back as it was
+                await self.store.update_run_if_owner(
+                    run_id, self.owner.executor_id, status=run.status, owner=None
+                )
             raise
         return await self.store.get_run(run_id, tenant=tenant)
 
@@ -183,10 +187,11 @@ class Engine:
 
     async def _cancel_orphan(self, run: RunRecord) -> None:
         """Cancel a run nobody executes; the compare-and-set keeps a resumer from racing."""
-        if await self.store.update_run_if_owner(run.id, run.owner, owner=self.owner.executor_id):
+        me = self.owner.executor_id
+        if await self.store.update_run_if_owner(run.id, run.owner, owner=me):
             self._pending.discard(run.id)
-            await record_cancelled(self.store, await emitter_for(self.store, self.bus, run.id))
-            await self.store.update_run(run.id, owner=None)
+            emitter = await emitter_for(self.store, self.bus, run.id)
+            await record_cancelled(self.store, emitter, owner=me)
 
     async def _start_workflow(self, run_id: str, workflow_id: str) -> None:
         from agentmill.engine.runtime import start_run_workflow
@@ -246,6 +251,8 @@ class Engine:
         ):
             return True
         run = await self.store.get_run_any(run_id)
+        if run.owner == self.owner.executor_id:
+            return False  # ours, yet neither pending nor executing here: nothing will move it
         return owner_alive(run, heartbeat_interval=self.settings.heartbeat_interval)
 
     async def wait(self, run_id: str) -> RunRecord:
@@ -276,8 +283,12 @@ class Engine:
         for run_id in await self.store.cancel_requested(mine):
             if run_id in self._executor.active:
                 self._executor.cancel(run_id)
+        # A run whose row names another owner was taken over (our heartbeat lapsed): stop.
+        for run_id, owner in (await self.store.owners(active)).items():
+            if owner != self.owner.executor_id:
+                self._executor.interrupt(run_id)
         if heartbeat:
-            await self.store.heartbeat(mine)
+            await self.store.heartbeat(mine, owner=self.owner.executor_id)
 
 
 def _check_models(plan: RunPlan) -> None:

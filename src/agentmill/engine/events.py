@@ -51,6 +51,21 @@ class RunEmitter:
     def emit(
         self, kind: str, *, step: str | None = None, attempt: int = 0, **data: Any
     ) -> EventRecord:
+        event = self._next(kind, step, attempt, data)
+        self._store.journal.add_event(event)
+        self._bus.publish(event)
+        return event
+
+    def emit_final(
+        self, kind: str, *, owner: str, run_update: dict[str, Any], **data: Any
+    ) -> EventRecord:
+        """A run's last event and its final state, in one transaction, if `owner` still owns it."""
+        event = self._next(kind, None, 0, data)
+        self._store.journal.add_final(event, expected_owner=owner, **run_update)
+        self._bus.publish(event)
+        return event
+
+    def _next(self, kind: str, step: str | None, attempt: int, data: dict[str, Any]) -> EventRecord:
         self._seq += 1
         event = EventRecord(
             run_id=self.run_id,
@@ -61,6 +76,4 @@ class RunEmitter:
             data=data,
             ts=time.time(),
         )
-        self._store.journal.add_event(event)
-        self._bus.publish(event)
         return event

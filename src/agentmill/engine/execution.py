@@ -16,7 +16,7 @@ from typing import Any
 
 from agentmill.engine.events import EventBus, RunEmitter
 from agentmill.engine.interpreter import RunInterpreter, RunOutcome
-from agentmill.engine.liveness import Owner, owner_alive
+from agentmill.engine.liveness import Owner
 from agentmill.engine.plan import RunPlan
 from agentmill.logs import current_run
 from agentmill.store import RunRecord, RunStatus, StepStatus, Store
@@ -35,13 +35,11 @@ class RunExecutor:
         bus: EventBus,
         owner: Owner,
         *,
-        heartbeat_interval: float,
         pending: set[str],
     ) -> None:
         self._store = store
         self._bus = bus
         self._owner = owner
-        self._heartbeat_interval = heartbeat_interval
         self._pending = pending
         """The engine's runs submitted here and not started yet; shared, updated here."""
         self.active: dict[str, asyncio.Task[Any]] = {}
@@ -51,17 +49,21 @@ class RunExecutor:
 
     async def execute(self, run_id: str) -> dict[str, Any]:
         if self.stopping:
-            raise asyncio.CancelledError  # dequeued during shutdown: leave it pending in DBOS
-        run = await self._store.get_run_any(run_id)
-        if run.status.finished:
-            return {"status": str(run.status)}
-        emitter = await emitter_for(self._store, self._bus, run_id)
+            raise asyncio.CancelledError  # started during shutdown: leave it pending in DBOS
         task = asyncio.current_task()
         assert task is not None
         self.active[run_id] = task
         task.add_done_callback(lambda _: self._forget(run_id))
-        self._pending.discard(run_id)
         current_run.set(run_id)
+        try:
+            run = await self._store.get_run_any(run_id)
+            emitter = await emitter_for(self._store, self._bus, run_id)
+        except Exception:
+            self._pending.discard(run_id)  # nothing will execute it here: followers may stop
+            raise
+        if run.status.finished:
+            self._pending.discard(run_id)
+            return {"status": str(run.status)}
         try:
             return await self._execute(run, emitter)
         except asyncio.CancelledError:
@@ -81,6 +83,12 @@ class RunExecutor:
             self._cancelling.add(run_id)
             self.active[run_id].cancel()
 
+    def interrupt(self, run_id: str) -> None:
+        """Stop executing a run this process no longer owns; its new owner goes on."""
+        if run_id in self.active and run_id not in self._finishing:
+            logger.warning("run %s was taken over by another process; stopping here", run_id)
+            self.active[run_id].cancel()
+
     def interrupt_all(self) -> list[asyncio.Task[Any]]:
         """Interrupt every run not already finishing; returns the tasks to wait for."""
         self.stopping = True
@@ -96,10 +104,12 @@ class RunExecutor:
 
     async def _execute(self, run: RunRecord, emitter: RunEmitter) -> dict[str, Any]:
         checkpoints = {record.key: record for record in await self._store.steps(run.id)}
-        if not await self._claim(run):
-            logger.warning("run %s is owned by another process; not executing it", run.id)
+        claimed = await self._claim(run)
+        self._pending.discard(run.id)
+        if not claimed:
+            logger.warning("run %s is no longer this process's to execute", run.id)
             return {"status": "not-owner"}
-        if run.cancel_requested:
+        if await self._store.cancel_requested([run.id]):
             return await self._record_cancelled(run.id, emitter)
         emitter.emit(
             "run_resumed" if checkpoints else "run_started",
@@ -118,13 +128,11 @@ class RunExecutor:
         return await self._record_outcome(run.id, outcome, emitter)
 
     async def _claim(self, run: RunRecord) -> bool:
-        """Take the run, provided no other live process owns it (compare-and-set)."""
-        mine = run.owner in (None, self._owner.executor_id)
-        if not mine and owner_alive(run, heartbeat_interval=self._heartbeat_interval):
-            return False
+        """Take the run if it is still pending and still this process's (compare-and-set)."""
         return await self._store.update_run_if_owner(
             run.id,
-            run.owner,
+            self._owner.executor_id,
+            expected_status=RunStatus.PENDING,
             status=RunStatus.RUNNING,
             started_at=run.started_at or time.time(),
             finished_at=None,
@@ -137,32 +145,33 @@ class RunExecutor:
         self._finishing.add(run_id)
         status = RunStatus.SUCCEEDED if outcome.succeeded else RunStatus.FAILED
         usage = outcome.usage.to_json()
-        emitter.emit(
+        update = {
+            "status": status,
+            "outputs": outcome.outputs,
+            "error": outcome.error,
+            "usage": usage,
+            "finished_at": time.time(),
+        }
+        emitter.emit_final(
             "run_finished",
+            owner=self._owner.executor_id,
+            run_update=update,
             status=str(status),
             error=outcome.error,
             outputs=outcome.outputs,
             usage=usage,
-        )
-        self._store.journal.update_run(
-            run_id,
-            status=status,
-            outputs=outcome.outputs,
-            error=outcome.error,
-            usage=usage,
-            finished_at=time.time(),
         )
         await self._store.journal.commit()
         return {"status": str(status)}
 
     async def _record_cancelled(self, run_id: str, emitter: RunEmitter) -> dict[str, Any]:
         self._finishing.add(run_id)
-        await record_cancelled(self._store, emitter)
+        await record_cancelled(self._store, emitter, owner=self._owner.executor_id)
         return {"status": str(RunStatus.CANCELLED)}
 
     async def _record_interrupted(self, run_id: str, emitter: RunEmitter) -> None:
-        emitter.emit("run_interrupted")
-        self._store.journal.update_run(run_id, status=RunStatus.INTERRUPTED, owner=None)
+        update = {"status": RunStatus.INTERRUPTED, "owner": None}
+        emitter.emit_final("run_interrupted", owner=self._owner.executor_id, run_update=update)
         await self._store.journal.commit()
 
 
@@ -172,9 +181,16 @@ async def emitter_for(store: Store, bus: EventBus, run_id: str) -> RunEmitter:
     return RunEmitter(run_id, store, bus, last_seq=await store.last_seq(run_id))
 
 
-async def record_cancelled(store: Store, emitter: RunEmitter) -> None:
-    emitter.emit("run_finished", status=str(RunStatus.CANCELLED), error="cancelled")
-    store.journal.update_run(emitter.run_id, status=RunStatus.CANCELLED, finished_at=time.time())
+async def record_cancelled(store: Store, emitter: RunEmitter, *, owner: str) -> None:
+    """End the run as cancelled, releasing it; a no-op in the database if `owner` lost it."""
+    update = {"status": RunStatus.CANCELLED, "finished_at": time.time(), "owner": None}
+    emitter.emit_final(
+        "run_finished",
+        owner=owner,
+        run_update=update,
+        status=str(RunStatus.CANCELLED),
+        error="cancelled",
+    )
     await store.journal.commit()
 
 

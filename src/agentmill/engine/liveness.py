@@ -43,11 +43,9 @@ def owner_alive(run: RunRecord, *, heartbeat_interval: float) -> bool:
     """True while another process may still be executing this run."""
     if run.status not in {RunStatus.RUNNING, RunStatus.PENDING} or run.owner is None:
         return False
-    if run.owner_host == socket.gethostname() and run.owner_pid is not None:
-        if run.owner_pid == os.getpid():
-            return True
-        if not _pid_alive(run.owner_pid):
-            return False
+    same_host = run.owner_host == socket.gethostname() and run.owner_pid is not None
+    if same_host and run.owner_pid != os.getpid() and not _pid_alive(run.owner_pid or 0):
+        return False
     beat = run.heartbeat_at or 0.0
     return time.time() - beat < HEARTBEAT_GRACE * heartbeat_interval
 

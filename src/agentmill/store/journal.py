@@ -31,8 +31,9 @@ logger = logging.getLogger("agentmill.store")
 _STEP_FIELDS = [f.name for f in fields(StepRecord)]
 _EVENT_FIELDS = [f.name for f in fields(EventRecord)]
 _JSON_FIELDS = frozenset({"output", "usage", "data"})
-_WRITE_ATTEMPTS = 5
+_RETRY_FOR = 30.0  # long enough for a PostgreSQL restart
 _FIRST_RETRY_DELAY = 0.1
+_MAX_RETRY_DELAY = 2.0
 _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
@@ -58,8 +59,7 @@ class Journal:
         self._thread.start()
 
     def add_event(self, event: EventRecord) -> None:
-        row = {name: getattr(event, name) for name in _EVENT_FIELDS}
-        row["data"] = json.dumps(row["data"])
+        row = _event_row(event)
         with self._lock:
             self._events.append(row)
 
@@ -71,16 +71,19 @@ class Journal:
         with self._lock:
             self._steps[(step.run_id, step.key)] = row
 
-    def update_run(self, run_id: str, **values: Any) -> None:
-        """Queue a change to a run, written in the same transaction as the events before it."""
+    def add_final(self, event: EventRecord, *, expected_owner: str, **values: Any) -> None:
+        """Queue a run's last event with its final state: one transaction, and only if
+        `expected_owner` still owns the run (a displaced owner must not overwrite it)."""
         row = {
-            key: json.dumps(v) if key in _JSON_FIELDS | {"outputs"} else v
-            for key, v in values.items()
+            k: json.dumps(v) if k in _JSON_FIELDS | {"outputs"} else v for k, v in values.items()
         }
         if "status" in row:
             row["status"] = str(row["status"])
-        row["id"] = run_id
+        row["id"] = event.run_id
+        row["expected_owner"] = expected_owner
+        event_row = _event_row(event)
         with self._lock:
+            self._events.append(event_row)
             self._run_updates.append(row)
 
     async def commit(self) -> None:
@@ -135,19 +138,21 @@ class Journal:
     def _write_with_retries(self, batch: _Batch) -> BaseException | None:
         """Write the batch; a busy or restarting database gets a few tries with backoff."""
         delay = _FIRST_RETRY_DELAY
-        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+        deadline = time.monotonic() + _RETRY_FOR
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 self._write(batch)
                 return None
             except Exception as exc:  # noqa: BLE001 - driver errors vary; all retried, then reported
                 logger.warning("journal write attempt %d failed: %s", attempt, exc)
                 self._reconnect()
-                if attempt == _WRITE_ATTEMPTS:
+                if time.monotonic() + delay > deadline or self._closing:
                     logger.error("journal write of %d events abandoned", len(batch.events))
                     return exc
                 time.sleep(delay)
-                delay *= 2
-        return None
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
 
     def _write(self, batch: _Batch) -> None:
         """One transaction on a DB-API connection kept by this thread (no per-row overhead)."""
@@ -184,6 +189,12 @@ class Journal:
             self._connection = None
 
 
+def _event_row(event: EventRecord) -> dict[str, Any]:
+    row = {name: getattr(event, name) for name in _EVENT_FIELDS}
+    row["data"] = json.dumps(row["data"])
+    return row
+
+
 @dataclass(frozen=True)
 class _Batch:
     steps: list[dict[str, Any]]
@@ -199,10 +210,13 @@ def _placeholder(dialect: str, column: str) -> str:
 
 
 def _run_update_sql(dialect: str, row: dict[str, Any]) -> str:
-    columns = [c for c in row if c != "id"]
+    columns = [c for c in row if c not in {"id", "expected_owner"}]
     assignments = ", ".join(f"{c} = {_placeholder(dialect, c)}" for c in columns)
+    where = (
+        f"id = {_placeholder(dialect, 'id')} AND owner = {_placeholder(dialect, 'expected_owner')}"
+    )
     # Column names come from agentmill's own code, never from user input.
-    return f"UPDATE am_runs SET {assignments} WHERE id = {_placeholder(dialect, 'id')}"  # noqa: S608
+    return f"UPDATE am_runs SET {assignments} WHERE {where}"  # noqa: S608
 
 
 def _statements(dialect: str) -> tuple[str, str]:

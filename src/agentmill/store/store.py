@@ -112,13 +112,20 @@ class Store:
             result = await conn.execute(query.values(**values))
         return result.rowcount == 1
 
-    async def heartbeat(self, run_ids: list[str]) -> None:
+    async def heartbeat(self, run_ids: list[str], *, owner: str) -> None:
+        """Refresh the heartbeat of the runs `owner` still owns."""
         if not run_ids:
             return
+        query = runs.update().where(runs.c.id.in_(run_ids), runs.c.owner == owner)
         async with self.engine.begin() as conn:
-            await conn.execute(
-                runs.update().where(runs.c.id.in_(run_ids)).values(heartbeat_at=time.time())
-            )
+            await conn.execute(query.values(heartbeat_at=time.time()))
+
+    async def owners(self, run_ids: list[str]) -> dict[str, str | None]:
+        if not run_ids:
+            return {}
+        query = sa.select(runs.c.id, runs.c.owner).where(runs.c.id.in_(run_ids))
+        async with self.engine.connect() as conn:
+            return {row.id: row.owner for row in await conn.execute(query)}
 
     async def cancel_requested(self, run_ids: list[str]) -> set[str]:
         """Which of these runs someone asked to cancel."""
