@@ -132,7 +132,7 @@ workflows:
         (
             18,
             "the prompt of step 'act' uses unknown field 'outptu' of step 'plan'",
-            "did you mean 'output'? a step has: output, skipped",
+            "did you mean 'output'? a step has: output, skipped, usage",
         ),
     ]
 

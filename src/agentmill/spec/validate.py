@@ -47,7 +47,7 @@ KNOWN_PROVIDERS = (
 LOCAL_MODELS = ("local:smollm2",)
 """The models agentmill runs in-process."""
 
-STEP_FIELDS = ("output", "skipped")
+STEP_FIELDS = ("output", "skipped", "usage")
 """What a template can read of an upstream step: `steps.<id>.output`, `steps.<id>.skipped`."""
 
 _TEMPLATE_HINT = "templates use Jinja2: {{ expression }}, {% if ... %}...{% endif %}"
