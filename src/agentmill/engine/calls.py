@@ -54,8 +54,9 @@ async def run_call(
     """Run a call to success or final failure; return its committed checkpoint."""
     if previous is not None and previous.status is StepStatus.SUCCEEDED:
         return previous
-    attempt = previous.attempt if previous is not None else 0
-    max_attempts = attempt + call.retries + 1
+    earlier_attempts = previous.attempt if previous is not None else 0
+    attempt = earlier_attempts
+    max_attempts = earlier_attempts + call.retries + 1
     while True:
         attempt += 1
         record, error = await _attempt(call, attempt, store=store, emitter=emitter)
@@ -64,7 +65,7 @@ async def run_call(
         assert error is not None
         if attempt >= max_attempts or not _retryable(error):
             return await _fail(call, attempt, error, store=store, emitter=emitter)
-        delay = _backoff(call.backoff, attempt - (max_attempts - call.retries - 1))
+        delay = _backoff(call.backoff, retry_number=attempt - earlier_attempts)
         logger.info("attempt %d failed, retrying in %.2fs: %s", attempt, delay, error)
         emitter.emit(
             "step_retrying",
@@ -168,7 +169,7 @@ def _retryable(error: Exception) -> bool:
     return not (isinstance(error, ProviderError) and not error.transient)
 
 
-def _backoff(base: float, retry_number: int) -> float:
+def _backoff(base: float, *, retry_number: int) -> float:
     """Exponential backoff with equal jitter: half fixed, half random."""
     delay = min(base * 2 ** max(retry_number - 1, 0), MAX_BACKOFF)
     return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not security

@@ -7,6 +7,7 @@ from pathlib import Path
 from agentmill.agents.models import check_model
 from agentmill.errors import ConfigProblem, UserError
 from agentmill.spec.loader import LoadedProject, load_project
+from agentmill.spec.models import ModelEndpoint
 
 __all__ = ["load_checked", "model_problems"]
 
@@ -32,9 +33,9 @@ def model_problems(loaded: LoadedProject) -> list[ConfigProblem]:
     return problems
 
 
-def _problem_text(ref: object) -> str | None:
+def _problem_text(ref: str | ModelEndpoint) -> str | None:
     try:
-        check_model(ref)  # type: ignore[arg-type]
+        check_model(ref)
     except UserError as exc:
         return str(exc)
     return None
