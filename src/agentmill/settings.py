@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "credential_present", "credential_value"]
@@ -32,6 +32,26 @@ class Settings(BaseSettings):
     event_flush_interval: float = Field(default=0.05, gt=0)
     log_level: str = "WARNING"
     log_json: bool = False
+
+    # client: with both set, the CLI talks to a server instead of running the engine
+    url: str | None = Field(default=None, description="Base URL of an `agentmill serve`")
+    api_key: SecretStr | None = Field(default=None, description="API key for `url`")
+
+    # server
+    github_webhook_secret: SecretStr | None = Field(
+        default=None, description="Secret of the GitHub webhook; deliveries are refused without it"
+    )
+    github_webhook_tenant: str = Field(
+        default="default", description="Tenant that owns runs started by GitHub webhooks"
+    )
+    webhook_max_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_request_bytes: int = Field(default=1024 * 1024, gt=0)
+    rate_limit: float = Field(default=20.0, gt=0, description="Requests per second per API key")
+    rate_burst: int = Field(default=60, gt=0, description="Requests a key may make at once")
+    max_streams_per_key: int = Field(default=20, gt=0)
+    shutdown_grace: float = Field(
+        default=30.0, ge=0, description="Seconds running steps get to finish on shutdown"
+    )
 
     @property
     def resolved_database_url(self) -> str:

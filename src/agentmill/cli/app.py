@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from agentmill.cli import runs_cmd
+from agentmill.cli import keys_cmd, runs_cmd
 from agentmill.cli.exits import EXIT_USAGE, run_command
 
 __all__ = ["app", "main"]
@@ -26,6 +26,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(runs_cmd.app, name="runs")
+app.add_typer(keys_cmd.app, name="keys")
 
 
 @app.command()
@@ -62,6 +63,23 @@ def run(
     from agentmill.cli.run_cmd import run_workflow
 
     run_command(lambda: run_workflow(file, workflow, inputs or [], as_json=as_json))
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Config file with workflows and triggers")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
+    workers: Annotated[
+        int, typer.Option(min=0, help="Runs this process executes at once; 0 = API only")
+    ] = 4,
+) -> None:
+    """Serve the HTTP API (and execute runs) until SIGTERM or Ctrl-C."""
+    from agentmill.cli.serve_cmd import serve as serve_api
+
+    run_command(lambda: serve_api(config, host, port, workers))
 
 
 @app.command()

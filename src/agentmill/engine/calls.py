@@ -72,6 +72,7 @@ async def run_call(
             step=call.request.key,
             attempt=attempt,
             error=str(error),
+            error_kind=_kind(error),
             delay=round(delay, 3),
         )
         await asyncio.sleep(delay)
@@ -84,7 +85,11 @@ async def _attempt(
     current_step.set(request.key)
     started = time.time()
     store.journal.put_step(_record(request, StepStatus.RUNNING, attempt, started_at=started))
-    emitter.emit("step_started", step=request.key, attempt=attempt)
+    if attempt > 1:
+        # Clients drop the partial output of earlier attempts of this step.
+        emitter.emit("step_started", step=request.key, attempt=attempt, supersedes=attempt - 1)
+    else:
+        emitter.emit("step_started", step=request.key, attempt=attempt)
     context = _Context(emitter, request.key, attempt)
     attempt_request = StepRequest(
         run_id=request.run_id,
@@ -146,7 +151,9 @@ async def _fail(
     message = str(StepFailed(request.key, _describe(error), attempts=attempt))
     record = _record(request, StepStatus.FAILED, attempt, finished_at=time.time(), error=message)
     store.journal.put_step(record)
-    emitter.emit("step_failed", step=request.key, attempt=attempt, error=message)
+    emitter.emit(
+        "step_failed", step=request.key, attempt=attempt, error=message, error_kind=_kind(error)
+    )
     await store.journal.commit()
     return record
 
@@ -179,3 +186,14 @@ def _describe(error: Exception) -> str:
     if isinstance(error, StepTimeout):
         return f"timed out after {error.seconds:g}s"
     return str(error) or type(error).__name__
+
+
+def _kind(error: Exception) -> str:
+    """A label for metrics: provider, timeout, user (config or key) or other."""
+    if isinstance(error, ProviderError):
+        return "provider"
+    if isinstance(error, StepTimeout):
+        return "timeout"
+    if isinstance(error, UserError):
+        return "user"
+    return "other"

@@ -14,25 +14,29 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 
 from agentmill.engine.events import EventBus
 from agentmill.engine.execution import RunExecutor, emitter_for, record_cancelled
+from agentmill.engine.drain import Drain
 from agentmill.engine.liveness import Owner, owner_alive
-from agentmill.engine.plan import RunPlan, build_plan
-from agentmill.errors import InvalidStateError
+from agentmill.engine.plan import RunPlan, build_plan, downstream_of
+from agentmill.errors import InvalidStateError, NotFoundError
 from agentmill.settings import Settings
 from agentmill.spec.inputs import coerce_inputs
 from agentmill.spec.models import ProjectSpec
 from agentmill.store import DEFAULT_TENANT, EventRecord, RunRecord, RunStatus, Store
+from sqlalchemy.exc import IntegrityError
 
-__all__ = ["TERMINAL_EVENTS", "Engine"]
+__all__ = ["TERMINAL_EVENTS", "ConcurrencyMode", "Engine"]
 
 logger = logging.getLogger("agentmill.engine")
 
 TERMINAL_EVENTS = frozenset({"run_finished", "run_interrupted"})
 _WATCH_INTERVAL = 0.25
 _STOP_GRACE = 10.0
+
+ConcurrencyMode = Literal["supersede", "queue", "allow"]
 
 
 class Engine:
@@ -47,7 +51,16 @@ class Engine:
         self._pending: set[str] = set()
         """Runs submitted or resumed here that have not started executing yet."""
         self._watcher: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self._launched = False
+        self._queued = False
+        """Server mode: runs go through the shared DBOS queue to whichever worker is free."""
+        self.drain = Drain()
+
+    @property
+    def launched(self) -> bool:
+        """Whether DBOS runs in this process (runs can be started)."""
+        return self._launched
 
     @property
     def store(self) -> Store:
@@ -55,29 +68,54 @@ class Engine:
             raise InvalidStateError("the engine is not started")
         return self._store
 
-    async def start(self, *, launch_workers: bool = True) -> None:
-        """Open the store; with `launch_workers`, launch DBOS so runs execute here."""
+    async def start(
+        self, *, launch_workers: bool = True, serve_workers: int | None = None
+    ) -> None:
+        """Open the store; with `launch_workers`, launch DBOS so runs can start.
+
+        Embedded (`serve_workers` None): this process executes the runs it submits or
+        resumes, and nobody else's. Server mode: runs go through the shared queue; with
+        `serve_workers` > 0 this process executes up to that many at once and adopts the
+        runs of workers that died; with 0 it only enqueues (an API-only server).
+        """
         self._store = await Store.open(
             self.settings.resolved_database_url,
             flush_interval=self.settings.event_flush_interval,
         )
         if not launch_workers:
             return
-        from agentmill.engine.runtime import launch_dbos
+        from agentmill.engine.runtime import launch_dbos, register_run_queue
 
+        self._queued = serve_workers is not None
         self._executor = RunExecutor(
             self._store,
             self.bus,
             self.owner,
             pending=self._pending,
+            drain=self.drain,
+            auto_resume=self._queued,
         )
-        launch_dbos(self.settings, self.owner.executor_id, self._executor)
+        listen = bool(serve_workers)
+        launch_dbos(self.settings, self.owner.executor_id, self._executor, listen=listen)
         self._launched = True
+        if self._queued:
+            await register_run_queue(serve_workers or None, update=listen)
         self._watcher = asyncio.create_task(self._watch(), name="agentmill-watch")
+        if listen:
+            from agentmill.engine.recovery import recover_forever
 
-    async def stop(self) -> None:
-        """Interrupt runs still executing here (they stay resumable), then shut down."""
+            self._recovery = asyncio.create_task(recover_forever(self), name="agentmill-recovery")
+
+    async def stop(self, *, grace: float = 0.0) -> None:
+        """Let calls in flight finish for up to `grace` seconds, then interrupt the runs
+        still executing here (they stay resumable), and shut down."""
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(BaseException):
+                await self._recovery
         if self._executor is not None:
+            self._executor.stopping = True
+            await self.drain.drain(grace)
             tasks = self._executor.interrupt_all()
             if tasks:
                 # Waiting on the DBOS workflow tasks lets DBOS record how they ended.
@@ -120,15 +158,87 @@ class Engine:
         *,
         config_path: str | None = None,
         tenant: str = DEFAULT_TENANT,
+        idempotency_key: str | None = None,
+        concurrency_key: str | None = None,
+        concurrency_mode: ConcurrencyMode = "allow",
+        trigger: dict[str, Any] | None = None,
     ) -> RunRecord:
-        """Validate inputs, record the run with its plan snapshot, and queue it."""
+        """Validate inputs, record the run with its plan snapshot, and start or queue it.
+
+        With an `idempotency_key`, a repeated submission returns the first run. Runs sharing
+        a `concurrency_key` supersede (cancel) or queue behind the active ones.
+        """
+        if workflow not in project.workflows:
+            known = ", ".join(sorted(project.workflows)) or "none"
+            raise NotFoundError(f"no workflow {workflow!r} (workflows: {known})")
         plan = build_plan(project, workflow)
         inputs = coerce_inputs(plan.workflow, raw_inputs)
-        run = _new_run(plan, inputs, config_path=config_path, tenant=tenant, owner=self.owner)
-        await self.store.create_run(run)
-        self._pending.add(run.id)
-        await self._start_workflow(run.id, run.id)
+        if idempotency_key is not None:
+            earlier = await self.store.run_by_idempotency_key(tenant, idempotency_key)
+            if earlier is not None:
+                return _same_request(earlier, workflow, inputs)
+        if concurrency_key is not None and concurrency_mode == "supersede":
+            await self._supersede(tenant, concurrency_key)
+        run = _new_run(
+            plan,
+            inputs,
+            config_path=config_path,
+            tenant=tenant,
+            owner=None if self._queued else self.owner,
+            idempotency_key=idempotency_key,
+            concurrency_key=concurrency_key if concurrency_mode != "allow" else None,
+            trigger=trigger,
+        )
+        try:
+            await self.store.create_run(run)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+            earlier = await self.store.run_by_idempotency_key(tenant, idempotency_key)
+            assert earlier is not None  # the unique index said so
+            return _same_request(earlier, workflow, inputs)
+        await self._start_new(run)
         return run
+
+    async def _start_new(self, run: RunRecord) -> None:
+        if not self._queued:
+            self._pending.add(run.id)
+        await self._start_workflow(run.id, run.id)
+
+    async def _supersede(self, tenant: str, concurrency_key: str) -> None:
+        """Cancel the active runs a new run with the same concurrency key replaces."""
+        for run_id in await self.store.active_runs_with_key(tenant, concurrency_key):
+            with contextlib.suppress(InvalidStateError):
+                await self.cancel(run_id, tenant=tenant)
+
+    async def retry(
+        self, run_id: str, from_step: str, *, tenant: str = DEFAULT_TENANT
+    ) -> RunRecord:
+        """A new run of the same plan and inputs that re-runs `from_step` and everything
+        after it; earlier steps reuse the recorded outputs (no model calls)."""
+        run = await self.store.get_run(run_id, tenant=tenant)
+        if owner_alive(run, heartbeat_interval=self.settings.heartbeat_interval):
+            raise InvalidStateError(f"run {run_id} is still executing: wait for it or cancel it")
+        plan = RunPlan.from_json(run.snapshot)
+        steps = [step.id for step in plan.workflow.steps]
+        if from_step not in steps:
+            raise NotFoundError(
+                f"run {run_id} has no step {from_step!r} (steps: {', '.join(steps)})"
+            )
+        again = downstream_of(plan.workflow, from_step)
+        retry = _new_run(
+            plan,
+            run.inputs,
+            config_path=run.config_path,
+            tenant=tenant,
+            owner=None if self._queued else self.owner,
+            parent_run_id=run.id,
+            trigger={"source": "retry", "run": run.id, "from_step": from_step},
+        )
+        await self.store.create_run(retry)
+        await self.store.copy_steps(run.id, retry.id, step_ids=set(steps) - again)
+        await self._start_new(retry)
+        return retry
 
     async def resume(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunRecord:
         """Continue an interrupted, failed or cancelled run; finished calls are not re-run."""
@@ -141,7 +251,8 @@ class Engine:
                 "wait for it, or cancel it with `agentmill runs cancel`"
             )
         _check_models(RunPlan.from_json(run.snapshot))
-        self._pending.add(run_id)
+        if not self._queued:
+            self._pending.add(run_id)
         taken = False
         try:
             taken = await self.store.update_run_if_owner(
@@ -151,7 +262,8 @@ class Engine:
                 status=RunStatus.PENDING,
                 cancel_requested=False,
                 error=None,
-                **self.owner.columns(),
+                auto_resume=False,
+                **(_NO_OWNER if self._queued else self.owner.columns()),
             )
             if not taken:
                 raise InvalidStateError(f"run {run_id} changed just now; look again with runs show")
@@ -164,6 +276,21 @@ class Engine:
                 )
             raise
         return await self.store.get_run(run_id, tenant=tenant)
+
+    async def adopt(self, run: RunRecord) -> bool:
+        """Take over a run whose worker died or shut down, and queue it again."""
+        taken = await self.store.update_run_if_owner(
+            run.id,
+            run.owner,
+            expected_status=run.status,
+            status=RunStatus.PENDING,
+            auto_resume=False,
+            **_NO_OWNER,
+        )
+        if taken:
+            logger.warning("run %s: its worker %s is gone; continuing it", run.id, run.owner)
+            await self._restart_workflow(run)
+        return taken
 
     async def _restart_workflow(self, run: RunRecord) -> None:
         """Start a new DBOS workflow for the run; the last one never finishes."""
@@ -194,12 +321,15 @@ class Engine:
             await record_cancelled(self.store, emitter, owner=me)
 
     async def _start_workflow(self, run_id: str, workflow_id: str) -> None:
-        from agentmill.engine.runtime import start_run_workflow
+        from agentmill.engine.runtime import enqueue_run_workflow, start_run_workflow
 
         if not self._launched:
             raise InvalidStateError("the engine was started without workers")
         await self.store.update_run(run_id, workflow_id=workflow_id)
-        await start_run_workflow(run_id, workflow_id)
+        if self._queued:
+            await enqueue_run_workflow(run_id, workflow_id)
+        else:
+            await start_run_workflow(run_id, workflow_id)
 
     # following
 
@@ -212,6 +342,12 @@ class Engine:
         queue = self.bus.subscribe(run_id)
         try:
             last = after
+            await self.store.journal.commit()
+            for event in await self.store.events(run_id, after=last):
+                last = event.seq
+                yield event
+                if event.kind in TERMINAL_EVENTS:
+                    return
             while True:
                 backlog = await self._next_events(queue, run_id, last)
                 if backlog is None:
@@ -238,12 +374,17 @@ class Engine:
             return [live]
         if live is not None and live.seq <= last:
             return []
+        if live is None and self._executes_here(run_id):
+            return []  # its events reach the bus first; no need to ask the database
         await self.store.journal.commit()
         backlog = await self.store.events(run_id, after=last)
         if backlog or live is not None or await self._may_progress(run_id):
             return backlog
         # Its end may have been written between the read and the status check.
         return await self.store.events(run_id, after=last) or None
+
+    def _executes_here(self, run_id: str) -> bool:
+        return self._executor is not None and run_id in self._executor.active
 
     async def _may_progress(self, run_id: str) -> bool:
         if run_id in self._pending or (
@@ -253,6 +394,8 @@ class Engine:
         run = await self.store.get_run_any(run_id)
         if run.owner == self.owner.executor_id:
             return False  # ours, yet neither pending nor executing here: nothing will move it
+        if run.owner is None and run.status is RunStatus.PENDING:
+            return True  # queued for a server worker
         return owner_alive(run, heartbeat_interval=self.settings.heartbeat_interval)
 
     async def wait(self, run_id: str) -> RunRecord:
@@ -304,9 +447,34 @@ def _next_workflow_id(run_id: str, current: str) -> str:
     return f"{run_id}.{int(suffix or 1) + 1}"
 
 
+_NO_OWNER: dict[str, Any] = {
+    "owner": None,
+    "owner_pid": None,
+    "owner_host": None,
+    "heartbeat_at": None,
+}
+
+
+def _same_request(run: RunRecord, workflow: str, inputs: dict[str, Any]) -> RunRecord:
+    """The run an idempotency key already started, if the request is the same."""
+    if run.workflow != workflow or run.inputs != inputs:
+        raise InvalidStateError(
+            f"this Idempotency-Key was used for a different request (run {run.id}); "
+            "send a new key for a new run"
+        )
+    return run
+
+
 def _new_run(
-    plan: RunPlan, inputs: dict[str, Any], *, config_path: str | None, tenant: str, owner: Owner
+    plan: RunPlan,
+    inputs: dict[str, Any],
+    *,
+    config_path: str | None,
+    tenant: str,
+    owner: Owner | None,
+    **extra: Any,
 ) -> RunRecord:
+    owned = _NO_OWNER if owner is None else owner.columns()
     return RunRecord(
         id=uuid.uuid4().hex[:20],
         tenant=tenant,
@@ -321,9 +489,7 @@ def _new_run(
         created_at=time.time(),
         started_at=None,
         finished_at=None,
-        owner=owner.executor_id,
-        owner_pid=owner.pid,
-        owner_host=owner.host,
-        heartbeat_at=time.time(),
         cancel_requested=False,
+        **owned,
+        **extra,
     )

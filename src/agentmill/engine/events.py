@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from agentmill.store import EventRecord, Store
@@ -21,6 +22,11 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscribers: dict[str, list[asyncio.Queue[EventRecord]]] = defaultdict(list)
+        self._listeners: list[Callable[[EventRecord], None]] = []
+
+    def add_listener(self, listener: Callable[[EventRecord], None]) -> None:
+        """Call `listener` with every event of every run executing here (e.g. metrics)."""
+        self._listeners.append(listener)
 
     def subscribe(self, run_id: str) -> asyncio.Queue[EventRecord]:
         queue: asyncio.Queue[EventRecord] = asyncio.Queue()
@@ -37,6 +43,8 @@ class EventBus:
     def publish(self, event: EventRecord) -> None:
         for queue in self._subscribers.get(event.run_id, ()):
             queue.put_nowait(event)
+        for listener in self._listeners:
+            listener(event)
 
 
 class RunEmitter:

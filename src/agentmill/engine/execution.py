@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from agentmill.engine.drain import Drain
 from agentmill.engine.events import EventBus, RunEmitter
 from agentmill.engine.interpreter import RunInterpreter, RunOutcome
 from agentmill.engine.liveness import Owner
@@ -24,6 +25,8 @@ from agentmill.store import RunRecord, RunStatus, StepStatus, Store
 __all__ = ["RunExecutor"]
 
 logger = logging.getLogger("agentmill.engine")
+
+_TURN_POLL = 0.5
 
 
 class RunExecutor:
@@ -36,12 +39,17 @@ class RunExecutor:
         owner: Owner,
         *,
         pending: set[str],
+        drain: Drain | None = None,
+        auto_resume: bool = False,
     ) -> None:
         self._store = store
         self._bus = bus
         self._owner = owner
         self._pending = pending
         """The engine's runs submitted here and not started yet; shared, updated here."""
+        self.drain = drain or Drain()
+        self._auto_resume = auto_resume
+        """Server workers: a run interrupted by shutdown is continued by the next worker."""
         self.active: dict[str, asyncio.Task[Any]] = {}
         self._cancelling: set[str] = set()
         self._finishing: set[str] = set()
@@ -49,7 +57,8 @@ class RunExecutor:
 
     async def execute(self, run_id: str) -> dict[str, Any]:
         if self.stopping:
-            raise asyncio.CancelledError  # started during shutdown: leave it pending in DBOS
+            await self._give_back(run_id)
+            raise asyncio.CancelledError  # started during shutdown: not executed here
         task = asyncio.current_task()
         assert task is not None
         self.active[run_id] = task
@@ -97,12 +106,24 @@ class RunExecutor:
                 task.cancel()
         return list(self.active.values())
 
+    async def _give_back(self, run_id: str) -> None:
+        """A queued run dequeued during shutdown: hand it to the next worker."""
+        await self._store.update_run_if_owner(
+            run_id,
+            None,
+            expected_status=RunStatus.PENDING,
+            status=RunStatus.INTERRUPTED,
+            auto_resume=True,
+        )
+
     def _forget(self, run_id: str) -> None:
         self.active.pop(run_id, None)
         self._cancelling.discard(run_id)
         self._finishing.discard(run_id)
 
     async def _execute(self, run: RunRecord, emitter: RunEmitter) -> dict[str, Any]:
+        if run.concurrency_key is not None:
+            await self._wait_turn(run, emitter)
         checkpoints = {record.key: record for record in await self._store.steps(run.id)}
         claimed = await self._claim(run)
         self._pending.discard(run.id)
@@ -118,20 +139,38 @@ class RunExecutor:
         )
         interpreter = RunInterpreter(
             run_id=run.id,
+            tenant=run.tenant,
             plan=RunPlan.from_json(run.snapshot),
             inputs=run.inputs,
             store=self._store,
             emitter=emitter,
             checkpoints=checkpoints,
+            drain=self.drain,
         )
         outcome = await interpreter.execute()
         return await self._record_outcome(run.id, outcome, emitter)
 
+    async def _wait_turn(self, run: RunRecord, emitter: RunEmitter) -> None:
+        """Queue behind older active runs sharing the run's concurrency key."""
+        assert run.concurrency_key is not None
+        announced = False
+        while ahead := await self._store.active_runs_with_key(
+            run.tenant, run.concurrency_key, before=run.created_at, exclude=run.id
+        ):
+            if not announced:
+                emitter.emit("run_queued", behind=ahead)
+                announced = True
+            await asyncio.sleep(_TURN_POLL)
+
     async def _claim(self, run: RunRecord) -> bool:
-        """Take the run if it is still pending and still this process's (compare-and-set)."""
+        """Take the run if it is still pending and still this process's or nobody's (a queue's).
+
+        A compare-and-set: two workers can never both execute it.
+        """
+        expected = None if run.owner is None else self._owner.executor_id
         return await self._store.update_run_if_owner(
             run.id,
-            self._owner.executor_id,
+            expected,
             expected_status=RunStatus.PENDING,
             status=RunStatus.RUNNING,
             started_at=run.started_at or time.time(),
@@ -170,7 +209,7 @@ class RunExecutor:
         return {"status": str(RunStatus.CANCELLED)}
 
     async def _record_interrupted(self, run_id: str, emitter: RunEmitter) -> None:
-        update = {"status": RunStatus.INTERRUPTED, "owner": None}
+        update = {"status": RunStatus.INTERRUPTED, "owner": None, "auto_resume": self._auto_resume}
         emitter.emit_final("run_interrupted", owner=self._owner.executor_id, run_update=update)
         await self._store.journal.commit()
 

@@ -17,6 +17,7 @@ from typing import Any
 from agentmill.agents.base import Agent, StepRequest, Usage
 from agentmill.agents.factory import build_agent
 from agentmill.engine.calls import CallSpec, run_call
+from agentmill.engine.drain import Drain
 from agentmill.engine.events import RunEmitter
 from agentmill.engine.plan import RunPlan
 from agentmill.errors import RunFailure, UserError
@@ -56,13 +57,17 @@ class RunInterpreter:
         self,
         *,
         run_id: str,
+        tenant: str,
         plan: RunPlan,
         inputs: dict[str, Any],
         store: Store,
         emitter: RunEmitter,
         checkpoints: dict[str, StepRecord],
+        drain: Drain | None = None,
     ) -> None:
         self._run_id = run_id
+        self._tenant = tenant
+        self._drain = drain or Drain()
         self._plan = plan
         self._inputs = inputs
         self._store = store
@@ -168,6 +173,7 @@ class RunInterpreter:
         )
 
     async def _call(self, step: StepSpec, prompt: str, *, index: int | None) -> StepRecord:
+        assert step.agent is not None
         agent_spec = self._plan.agents[step.agent]
         request = StepRequest(run_id=self._run_id, step_id=step.id, prompt=prompt, index=index)
         call = CallSpec(
@@ -177,7 +183,7 @@ class RunInterpreter:
             backoff=step.backoff,
             timeout=step.timeout or agent_spec.timeout,
         )
-        async with _maybe(self._run_slots):
+        async with _maybe(self._run_slots), self._drain.call():
             return await run_call(
                 call,
                 store=self._store,

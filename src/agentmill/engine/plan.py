@@ -13,7 +13,7 @@ from pydantic import TypeAdapter
 
 from agentmill.spec.models import AgentSpec, ModelEndpoint, ProjectSpec, WorkflowSpec
 
-__all__ = ["RunPlan", "build_plan"]
+__all__ = ["RunPlan", "build_plan", "downstream_of"]
 
 _MODEL_REF: TypeAdapter[str | ModelEndpoint] = TypeAdapter(str | ModelEndpoint)
 
@@ -54,7 +54,20 @@ class RunPlan:
 def build_plan(project: ProjectSpec, workflow_name: str) -> RunPlan:
     """The plan for one workflow of a validated project."""
     workflow = project.workflows[workflow_name]
-    names = sorted({step.agent for step in workflow.steps})
+    names = sorted({step.agent for step in workflow.steps if step.agent is not None})
     agents = {name: project.agents[name] for name in names}
     models = {name: project.model_for(agent) for name, agent in agents.items()}
     return RunPlan(workflow_name=workflow_name, workflow=workflow, agents=agents, models=models)
+
+
+def downstream_of(workflow: WorkflowSpec, step_id: str) -> set[str]:
+    """`step_id` and every step that needs it, directly or through others."""
+    found = {step_id}
+    changed = True
+    while changed:
+        changed = False
+        for step in workflow.steps:
+            if step.id not in found and found.intersection(step.needs):
+                found.add(step.id)
+                changed = True
+    return found

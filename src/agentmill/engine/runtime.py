@@ -24,16 +24,23 @@ if TYPE_CHECKING:
     from agentmill.engine.execution import RunExecutor
 
 __all__ = [
+    "RUN_QUEUE",
     "agentmill_run",
     "cancel_stale_workflow",
     "destroy_dbos",
+    "enqueue_run_workflow",
     "launch_dbos",
+    "register_run_queue",
     "start_run_workflow",
 ]
 
 logger = logging.getLogger("agentmill.engine")
 
 _executors: list[RunExecutor] = []
+
+RUN_QUEUE = "agentmill-runs"
+"""The shared queue of server mode; only `agentmill serve` workers listen to it."""
+_QUEUE_POLL = 0.05
 
 
 class JsonSerializer(Serializer):
@@ -68,6 +75,25 @@ async def start_run_workflow(run_id: str, workflow_id: str) -> None:
         await DBOS.start_workflow_async(agentmill_run, run_id)
 
 
+async def register_run_queue(worker_concurrency: int | None, *, update: bool) -> None:
+    """Declare the shared run queue; a worker sets how many runs it takes at once."""
+    await DBOS.register_queue_async(
+        RUN_QUEUE,
+        worker_concurrency=worker_concurrency,
+        polling_interval_sec=_QUEUE_POLL,
+        on_conflict="always_update" if update else "never_update",
+    )
+
+
+async def enqueue_run_workflow(run_id: str, workflow_id: str) -> None:
+    """Queue the run's workflow for whichever server worker is free."""
+    queue = DBOS.retrieve_queue(RUN_QUEUE)
+    if queue is None:
+        raise InvalidStateError("the run queue is not registered; start the engine in server mode")
+    with SetWorkflowID(workflow_id):
+        await queue.enqueue_async(agentmill_run, run_id)
+
+
 async def cancel_stale_workflow(workflow_id: str) -> None:
     """Mark an execution that will never finish (its process died) as cancelled in DBOS."""
     status = await DBOS.get_workflow_status_async(workflow_id)
@@ -89,9 +115,16 @@ def _config(settings: Settings, executor_id: str) -> DBOSConfig:
     }
 
 
-def launch_dbos(settings: Settings, executor_id: str, executor: RunExecutor) -> None:
-    """Launch DBOS (call from inside the running event loop)."""
+def launch_dbos(
+    settings: Settings, executor_id: str, executor: RunExecutor, *, listen: bool = False
+) -> None:
+    """Launch DBOS (call from inside the running event loop).
+
+    Only server workers (`listen`) dequeue from the shared run queue: any other process,
+    such as a CLI command, would take a server's runs and interrupt them when it exits.
+    """
     DBOS(config=_config(settings, executor_id))
+    DBOS.listen_queues([RUN_QUEUE] if listen else [])
     _executors.append(executor)
     DBOS.launch()
 

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentmill.spec.durations import Duration
 
 __all__ = [
+    "DEFAULT_APPROVAL_TIMEOUT",
     "DEFAULT_MODEL",
     "AgentSpec",
+    "ApprovalSpec",
+    "ConcurrencySpec",
+    "GithubTrigger",
     "InputSpec",
     "ModelEndpoint",
     "ProjectSpec",
     "StepSpec",
+    "TriggerSpec",
     "WorkflowSpec",
 ]
 
 DEFAULT_MODEL = "local:smollm2"
 """The model used when an agent names none and the project defines no `default` alias."""
+
+DEFAULT_APPROVAL_TIMEOUT = 7 * 86400.0
 
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
@@ -76,12 +83,27 @@ class InputSpec(_Strict):
         return "default" not in self.model_fields_set
 
 
+class ApprovalSpec(_Strict):
+    """A gate: the run waits (durably) until a person approves or rejects, or it expires."""
+
+    prompt: str = Field(default="", description="Template shown to the approver")
+    timeout: Duration = DEFAULT_APPROVAL_TIMEOUT
+    on_timeout: Literal["reject", "fail"] = Field(
+        default="reject",
+        description="reject: the gate counts as rejected; fail: the step (and run) fail",
+    )
+
+
 class StepSpec(_Strict):
-    """One step: an agent call with a templated prompt, run when its `needs` are done."""
+    """One step: an agent call with a templated prompt, or an approval gate.
+
+    A step runs when everything it `needs` is done.
+    """
 
     id: str = Field(pattern=STEP_ID_PATTERN)
-    agent: str
-    prompt: str
+    agent: str | None = None
+    prompt: str = ""
+    approval: ApprovalSpec | None = None
     needs: list[str] = Field(default_factory=list)
     when: str | None = Field(default=None, description="Template; the step runs if it is truthy")
     foreach: str | None = Field(
@@ -91,6 +113,16 @@ class StepSpec(_Strict):
     timeout: Duration | None = None
     retries: int | None = Field(default=None, ge=0, le=10)
     backoff: Duration = Field(default=1.0, description="First retry delay; doubles, with jitter")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> StepSpec:
+        if self.approval is None and self.agent is None:
+            raise ValueError("a step needs either `agent` (with a prompt) or `approval`")
+        if self.approval is not None and self.agent is not None:
+            raise ValueError("a step is either an agent step or an approval gate, not both")
+        if self.approval is not None and self.foreach is not None:
+            raise ValueError("an approval gate cannot use foreach")
+        return self
 
 
 class WorkflowSpec(_Strict):
@@ -107,6 +139,38 @@ class WorkflowSpec(_Strict):
     )
 
 
+DEFAULT_CONCURRENCY_KEY = (
+    "{{ payload.repository.full_name }}"
+    "#{{ payload.pull_request.number if payload.pull_request else payload.ref }}"
+)
+
+
+class ConcurrencySpec(_Strict):
+    """Runs sharing a key: a new one supersedes (cancels) or queues behind the active one."""
+
+    key: str = Field(default=DEFAULT_CONCURRENCY_KEY, description="Template over the event")
+    mode: Literal["supersede", "queue", "allow"] = "supersede"
+
+
+class GithubTrigger(_Strict):
+    """Start a workflow on GitHub webhook events."""
+
+    events: list[str] = Field(
+        min_length=1, description="`pull_request`, or with an action: `pull_request.opened`"
+    )
+    workflow: str
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="Templates over `event`, `action`, `payload`"
+    )
+    concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
+
+
+class TriggerSpec(_Strict):
+    """What starts a workflow besides a person: today, GitHub webhooks."""
+
+    github: GithubTrigger
+
+
 class ProjectSpec(_Strict):
     """A whole config file."""
 
@@ -114,6 +178,7 @@ class ProjectSpec(_Strict):
     models: dict[str, str | ModelEndpoint] = Field(default_factory=dict)
     agents: dict[str, AgentSpec] = Field(default_factory=dict)
     workflows: dict[str, WorkflowSpec] = Field(default_factory=dict)
+    triggers: list[TriggerSpec] = Field(default_factory=list)
 
     def model_for(self, agent: AgentSpec) -> str | ModelEndpoint:
         """The resolved model of an agent: alias lookup, then `default`, then the local model."""

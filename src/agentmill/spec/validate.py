@@ -7,6 +7,7 @@ raising, so the loader can report them together with every other problem of the 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,7 +25,9 @@ if TYPE_CHECKING:
 __all__ = [
     "KNOWN_PROVIDERS",
     "LOCAL_MODELS",
+    "APPROVAL_FIELDS",
     "STEP_FIELDS",
+    "TRIGGER_VARIABLES",
     "did_you_mean",
     "model_string_problem",
     "validate_project",
@@ -48,7 +51,10 @@ LOCAL_MODELS = ("local:smollm2",)
 """The models agentmill runs in-process."""
 
 STEP_FIELDS = ("output", "skipped", "usage")
-"""What a template can read of an upstream step: `steps.<id>.output`, `steps.<id>.skipped`."""
+"""What a template can read of an upstream step: `steps.<id>.output`, `.skipped`, `.usage`."""
+
+APPROVAL_FIELDS = ("output", "skipped", "approved", "comment")
+"""What a template can read of an approval gate: `steps.<id>.approved`, `.comment`, ..."""
 
 _TEMPLATE_HINT = "templates use Jinja2: {{ expression }}, {% if ... %}...{% endif %}"
 
@@ -67,6 +73,8 @@ def validate_project(loaded: LoadedProject) -> list[ConfigProblem]:
     problems = _check_models(loaded) + _check_agents(loaded)
     for name in loaded.spec.workflows:
         problems += _WorkflowCheck(loaded, name).run()
+    for position in range(len(loaded.spec.triggers)):
+        problems += _check_trigger(loaded, position)
     return problems
 
 
@@ -177,8 +185,11 @@ class _WorkflowCheck:
                 self._add(
                     f"step '{step.id}' needs unknown step '{need}'", *at, "needs", number, hint=hint
                 )
+        if step.agent is not None and "prompt" not in step.model_fields_set:
+            hint = "the text sent to the agent; it may use {{ inputs.x }} and {{ steps.y.output }}"
+            self._add(f"missing required key 'prompt' in step '{step.id}'", *at, hint=hint)
         agents = self.loaded.spec.agents
-        if step.agent not in agents:
+        if step.agent is not None and step.agent not in agents:
             known = f"known agents: {', '.join(agents)}" if agents else "no agents are defined"
             hint = _join(did_you_mean(step.agent, agents), known)
             self._add(
@@ -203,22 +214,19 @@ class _WorkflowCheck:
 
     def _check_step_templates(self, position: int, step: StepSpec) -> None:
         no_item = "only steps with foreach have 'item' and 'index'"
-        reasons = {
-            "prompt": None if step.foreach is not None else no_item,
-            "when": "'when' is evaluated once per step, before any foreach item",
-            "foreach": "'foreach' itself is evaluated before there are items",
-        }
-        for key, text in (("prompt", step.prompt), ("when", step.when), ("foreach", step.foreach)):
-            if text is None:
-                continue
-            what = (
-                f"the {key} of step '{step.id}'"
-                if key == "prompt"
-                else f"'{key}' of step '{step.id}'"
-            )
-            parts = (*self.base, "steps", position, key)
-            scope = _Scope(parts=parts, what=what, step=step, item=reasons[key])
-            self._check_template(text, scope)
+        at = (*self.base, "steps", position)
+        prompt_at = (*at, "approval", "prompt") if step.approval is not None else (*at, "prompt")
+        prompt = step.approval.prompt if step.approval is not None else step.prompt
+        checks = (
+            (prompt, prompt_at, f"the prompt of step '{step.id}'", None if step.foreach else no_item),
+            (step.when, (*at, "when"), f"'when' of step '{step.id}'",
+             "'when' is evaluated once per step, before any foreach item"),
+            (step.foreach, (*at, "foreach"), f"'foreach' of step '{step.id}'",
+             "'foreach' itself is evaluated before there are items"),
+        )  # fmt: skip
+        for text, parts, what, item in checks:
+            if text is not None:
+                self._check_template(text, _Scope(parts=parts, what=what, step=step, item=item))
 
     def _check_template(self, text: str, scope: _Scope) -> None:
         try:
@@ -275,9 +283,11 @@ class _WorkflowCheck:
             return f"{scope.what} refers to unknown step '{target}'", hint
         if scope.step is not None and (found := self._order_problem(target, scope)):
             return found
-        if len(ref.path) > 1 and ref.path[1] not in STEP_FIELDS:
+        gate = self.workflow.steps[self.index[target]].approval is not None
+        fields = APPROVAL_FIELDS if gate else STEP_FIELDS
+        if len(ref.path) > 1 and ref.path[1] not in fields:
             field = str(ref.path[1])
-            hint = _join(did_you_mean(field, STEP_FIELDS), f"a step has: {', '.join(STEP_FIELDS)}")
+            hint = _join(did_you_mean(field, fields), f"a step has: {', '.join(fields)}")
             return f"{scope.what} uses unknown field '{field}' of step '{target}'", hint
         return None
 
@@ -295,6 +305,59 @@ class _WorkflowCheck:
         needs = ", ".join([*(need for need in scope.step.needs if need in self.index), target])
         hint = f"add it to the needs of step '{step}': needs: [{needs}]"
         return f"{scope.what} refers to step '{target}', which is not upstream of it", hint
+
+
+TRIGGER_VARIABLES = ("event", "action", "payload", "delivery")
+"""What trigger templates can read: the event name, its action, the payload, the delivery id."""
+
+_EVENT_PATTERN = re.compile(r"^[a-z_]+(\.[a-z_]+)?$")
+
+
+def _check_trigger(loaded: LoadedProject, position: int) -> list[ConfigProblem]:
+    trigger = loaded.spec.triggers[position].github
+    at = ("triggers", position, "github")
+    problems: list[ConfigProblem] = []
+    for number, event in enumerate(trigger.events):
+        if not _EVENT_PATTERN.match(event):
+            hint = "write a GitHub event name, optionally with an action: pull_request.opened"
+            problems.append(loaded.problem(f"'{event}' is not an event", *at, "events", number, hint=hint))
+    workflow = loaded.spec.workflows.get(trigger.workflow)
+    if workflow is None:
+        known = ", ".join(loaded.spec.workflows) or "none"
+        hint = _join(did_you_mean(trigger.workflow, loaded.spec.workflows), f"workflows: {known}")
+        message = f"trigger {position + 1} starts unknown workflow '{trigger.workflow}'"
+        return [*problems, loaded.problem(message, *at, "workflow", hint=hint)]
+    for name in trigger.inputs:
+        if name not in workflow.inputs:
+            hint = _join(did_you_mean(name, workflow.inputs), f"inputs of '{trigger.workflow}': "
+                         f"{', '.join(workflow.inputs) or 'none'}")  # fmt: skip
+            problems.append(loaded.problem(f"trigger sets unknown input '{name}'", *at, "inputs", name, hint=hint))
+    missing = [n for n, spec in workflow.inputs.items() if spec.required and n not in trigger.inputs]
+    if missing:
+        hint = "map them from the payload, e.g. inputs: {%s: \"{{ payload... }}\"}" % missing[0]
+        problems.append(loaded.problem(f"trigger does not set required inputs: {', '.join(missing)}", *at, "workflow", hint=hint))
+    templates = [(("inputs", n), t) for n, t in trigger.inputs.items()]
+    templates.append((("concurrency", "key"), trigger.concurrency.key))
+    for parts, text in templates:
+        problems += _trigger_template_problems(loaded, (*at, *parts), text)
+    return problems
+
+
+def _trigger_template_problems(
+    loaded: LoadedProject, parts: tuple[str | int, ...], text: str
+) -> list[ConfigProblem]:
+    try:
+        found = references(text)
+    except TemplateSyntaxError as exc:
+        message = f"template error in trigger: {exc.message or exc}"
+        return [loaded.problem(message, *parts, hint=_TEMPLATE_HINT)]
+    problems: list[ConfigProblem] = []
+    for ref in found:
+        if ref.root not in TRIGGER_VARIABLES:
+            hint = _join(did_you_mean(ref.root, TRIGGER_VARIABLES),
+                         f"trigger templates can use: {', '.join(TRIGGER_VARIABLES)}")  # fmt: skip
+            problems.append(loaded.problem(f"trigger template uses unknown variable '{ref.root}'", *parts, hint=hint))
+    return problems
 
 
 def _upstream(steps: list[StepSpec], index: Mapping[str, int]) -> dict[str, frozenset[str]]:

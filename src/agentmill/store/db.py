@@ -122,7 +122,7 @@ def create_sync_engine(url: str) -> sa.Engine:
     return engine
 
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 """The newest migration; a test checks it is Alembic's head."""
 VERSION_TABLE = "am_alembic_version"
 

@@ -51,6 +51,15 @@ class RunRecord:
     cancel_requested: bool
     workflow_id: str | None = None
     """The DBOS workflow currently executing this run (a new one per resume of a finished run)."""
+    idempotency_key: str | None = None
+    concurrency_key: str | None = None
+    """Runs of a tenant sharing this key supersede or queue behind each other."""
+    parent_run_id: str | None = None
+    """The run this one was retried from (its earlier steps' outputs were reused)."""
+    trigger: dict[str, Any] | None = None
+    """Where the run came from: cli, api (key id) or a webhook delivery."""
+    auto_resume: bool = False
+    """Interrupted by a server shutdown: the next server worker continues it on its own."""
 
 
 @dataclass(frozen=True, kw_only=True)

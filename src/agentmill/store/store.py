@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import zlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,6 +46,23 @@ class Store:
         await self.journal.close()
         await self.engine.dispose()
 
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncGenerator[bool]:
+        """Whether this process holds the named lock for the block (PostgreSQL advisory
+        lock; SQLite serves one process, which always holds it)."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        key = zlib.crc32(name.encode())
+        async with self.engine.connect() as conn:
+            lock = sa.text("SELECT pg_try_advisory_lock(:key)")
+            held = bool((await conn.execute(lock, {"key": key})).scalar())
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
     # runs
 
     async def create_run(self, run: RunRecord) -> None:
@@ -75,17 +95,74 @@ class Store:
         tenant: str = DEFAULT_TENANT,
         status: RunStatus | None = None,
         workflow: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+        after: tuple[float, str] | None = None,
         limit: int = 50,
     ) -> list[RunRecord]:
+        """Runs newest first; `after` is the (created_at, id) of the last run of a page."""
         query = sa.select(runs).where(runs.c.tenant == tenant)
         if status is not None:
             query = query.where(runs.c.status == str(status))
         if workflow is not None:
             query = query.where(runs.c.workflow == workflow)
-        query = query.order_by(runs.c.created_at.desc()).limit(limit)
+        if created_after is not None:
+            query = query.where(runs.c.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(runs.c.created_at < created_before)
+        if after is not None:
+            at, last_id = after
+            query = query.where(
+                sa.or_(
+                    runs.c.created_at < at, sa.and_(runs.c.created_at == at, runs.c.id < last_id)
+                )
+            )
+        query = query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_run_record(row._mapping) for row in rows]
+
+    async def run_by_idempotency_key(self, tenant: str, key: str) -> RunRecord | None:
+        query = sa.select(runs).where(runs.c.tenant == tenant, runs.c.idempotency_key == key)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _run_record(row._mapping)
+
+    async def active_runs_with_key(
+        self, tenant: str, key: str, *, before: float | None = None, exclude: str | None = None
+    ) -> list[str]:
+        """Ids of pending or running runs sharing a concurrency key, oldest first."""
+        query = sa.select(runs.c.id).where(
+            runs.c.tenant == tenant,
+            runs.c.concurrency_key == key,
+            runs.c.status.in_([str(RunStatus.PENDING), str(RunStatus.RUNNING)]),
+        )
+        if before is not None:
+            query = query.where(runs.c.created_at < before)
+        if exclude is not None:
+            query = query.where(runs.c.id != exclude)
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(query.order_by(runs.c.created_at))).scalars())
+
+    async def recoverable_runs(self, *, stale_before: float) -> list[RunRecord]:
+        """Runs a worker should adopt: owned by a process whose heartbeat stopped before
+        `stale_before`, or interrupted by a server shutdown."""
+        in_flight = [str(RunStatus.PENDING), str(RunStatus.RUNNING)]
+        orphaned = sa.and_(
+            runs.c.status.in_(in_flight),
+            runs.c.owner.is_not(None),
+            runs.c.heartbeat_at < stale_before,
+        )
+        handed_back = sa.and_(runs.c.status == str(RunStatus.INTERRUPTED), runs.c.auto_resume)
+        query = sa.select(runs).where(sa.or_(orphaned, handed_back)).limit(100)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_run_record(row._mapping) for row in rows]
+
+    async def count_by_status(self) -> dict[str, int]:
+        query = sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
+        async with self.engine.connect() as conn:
+            return {row[0]: int(row[1]) for row in await conn.execute(query)}
 
     async def update_run(self, run_id: str, **values: Any) -> None:
         if "status" in values:
@@ -143,6 +220,18 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [_step_record(row._mapping) for row in rows]
 
+    async def copy_steps(self, source: str, target: str, *, step_ids: set[str]) -> int:
+        """Copy the finished checkpoints of `step_ids` from one run to another."""
+        finished = [str(StepStatus.SUCCEEDED), str(StepStatus.SKIPPED)]
+        query = sa.select(steps).where(
+            steps.c.run_id == source, steps.c.step_id.in_(step_ids), steps.c.status.in_(finished)
+        )
+        async with self.engine.begin() as conn:
+            rows = [{**row._mapping, "run_id": target} for row in await conn.execute(query)]
+            if rows:
+                await conn.execute(steps.insert(), rows)
+        return len(rows)
+
     async def events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
     ) -> list[EventRecord]:
@@ -167,6 +256,7 @@ def _run_record(row: Any) -> RunRecord:
     data = dict(row)
     data["status"] = RunStatus(data["status"])
     data["cancel_requested"] = bool(data["cancel_requested"])
+    data["auto_resume"] = bool(data["auto_resume"])
     return RunRecord(**data)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["events", "metadata", "runs", "steps"]
+__all__ = ["api_keys", "approvals", "deliveries", "events", "metadata", "runs", "steps"]
 
 metadata = sa.MetaData()
 
@@ -34,8 +34,16 @@ runs = sa.Table(
     sa.Column("heartbeat_at", sa.Float, nullable=True),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("workflow_id", sa.String(100), nullable=True),
+    # added in 0002
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("concurrency_key", sa.String(300), nullable=True),
+    sa.Column("parent_run_id", sa.String(64), nullable=True),
+    sa.Column("trigger", sa.JSON, nullable=True),
+    sa.Column("auto_resume", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_am_runs_tenant_created", "tenant", "created_at"),
     sa.Index("ix_am_runs_status", "status"),
+    sa.Index("ux_am_runs_idempotency", "tenant", "idempotency_key", unique=True),
+    sa.Index("ix_am_runs_concurrency", "tenant", "concurrency_key"),
 )
 
 steps = sa.Table(
@@ -65,4 +73,47 @@ events = sa.Table(
     sa.Column("kind", sa.String(40), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("ts", sa.Float, nullable=False),
+)
+
+api_keys = sa.Table(
+    "am_api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+    sa.Column("last_used_at", sa.Float, nullable=True),
+    sa.Index("ix_am_api_keys_tenant", "tenant"),
+)
+
+approvals = sa.Table(
+    "am_approvals",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("step_id", sa.String(200), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False, server_default=""),
+    sa.Column("on_timeout", sa.String(20), nullable=False),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("decided_by", sa.String(200), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("decided_at", sa.Float, nullable=True),
+    sa.Index("ix_am_approvals_tenant_status", "tenant", "status"),
+)
+
+deliveries = sa.Table(
+    "am_deliveries",
+    metadata,
+    sa.Column("source", sa.String(20), primary_key=True),
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("event", sa.String(100), nullable=False),
+    sa.Column("outcome", sa.String(40), nullable=False),
+    sa.Column("run_ids", sa.JSON, nullable=False),
+    sa.Column("received_at", sa.Float, nullable=False),
 )

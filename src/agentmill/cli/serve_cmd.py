@@ -1,0 +1,67 @@
+"""`agentmill serve`: the HTTP API with an embedded worker, under uvicorn."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from agentmill.cli.exits import EXIT_OK, err
+from agentmill.errors import InputError
+from agentmill.settings import Settings
+
+__all__ = ["serve"]
+
+
+def serve(config: Path | None, host: str, port: int, workers: int) -> int:
+    """Check everything that can be checked, then serve until SIGTERM or Ctrl-C."""
+    import uvicorn
+
+    from agentmill.engine.project import load_checked
+    from agentmill.server.app import create_app
+
+    settings = Settings()
+    project = load_checked(config) if config is not None else None
+    _check_port_free(host, port)
+    app = create_app(settings, project=project, config_path=config, workers=workers)
+    role = f"{workers} worker slot(s)" if workers else "API only, no worker"
+    err().print(f"agentmill serving on http://{host}:{port} ({role}); docs at /docs")
+    uvicorn_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=max(int(settings.shutdown_grace), 1),
+        lifespan="on",
+    )
+    server = _Server(uvicorn_config, app)
+    server.run()
+    return EXIT_OK
+
+
+class _Server:
+    """uvicorn's server, telling the app it is stopping before connections are drained,
+    so open event streams end (clients reconnect elsewhere) instead of holding shutdown."""
+
+    def __new__(cls, config: object, app: object) -> object:
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: object) -> None:
+                services = getattr(getattr(app, "state", None), "services", None)
+                if services is not None:
+                    services.shutting_down.set()
+                super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+        return Server(config)  # type: ignore[arg-type]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InputError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); "
+                "pick another port with --port or stop what uses it"
+            ) from None

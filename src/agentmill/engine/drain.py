@@ -1,0 +1,44 @@
+"""Graceful shutdown of a worker: calls in flight may finish, no new call starts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+
+__all__ = ["Drain"]
+
+
+class Drain:
+    """Counts agent calls in flight; once draining, new calls wait to be interrupted."""
+
+    def __init__(self) -> None:
+        self._in_flight = 0
+        self._draining = False
+        self._idle: asyncio.Event | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @contextlib.asynccontextmanager
+    async def call(self) -> AsyncGenerator[None]:
+        if self._draining:
+            await asyncio.Event().wait()  # until the run is interrupted
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Stop new calls and wait up to `grace` seconds for the ones in flight."""
+        self._draining = True
+        if self._in_flight == 0 or grace <= 0:
+            return
+        self._idle = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()

@@ -1,0 +1,49 @@
+"""Adopting the runs of workers that died or shut down (server workers only).
+
+DBOS recovers only its own executor's workflows at start-up, and every agentmill process
+has its own executor id, so nothing else would continue a dead worker's runs. Every
+server worker sweeps periodically; on PostgreSQL an advisory lock lets one sweep at a
+time, and each adoption is a compare-and-set on the run's owner, so a run is adopted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from agentmill.engine.liveness import HEARTBEAT_GRACE
+
+if TYPE_CHECKING:
+    from agentmill.engine.engine import Engine
+
+__all__ = ["recover_forever", "sweep"]
+
+logger = logging.getLogger("agentmill.engine")
+
+
+async def sweep(engine: Engine) -> list[str]:
+    """Adopt every run whose worker's heartbeat stopped, or that a shutdown handed back."""
+    store = engine.store
+    stale_before = time.time() - HEARTBEAT_GRACE * engine.settings.heartbeat_interval
+    adopted: list[str] = []
+    async with store.exclusive("agentmill.recovery") as mine:
+        if not mine:
+            return adopted
+        for run in await store.recoverable_runs(stale_before=stale_before):
+            if run.owner == engine.owner.executor_id:
+                continue  # this process heartbeats its own runs; a stale one is finishing
+            if await engine.adopt(run):
+                adopted.append(run.id)
+    return adopted
+
+
+async def recover_forever(engine: Engine) -> None:
+    """Sweep at start-up, then every two heartbeat intervals."""
+    while True:
+        try:
+            await sweep(engine)
+        except Exception as exc:  # noqa: BLE001 - a database hiccup must not stop recovery
+            logger.warning("recovery sweep failed, will retry: %s", exc)
+        await asyncio.sleep(2 * engine.settings.heartbeat_interval)

@@ -1,0 +1,118 @@
+"""The FastAPI application: lifespan (engine in the same process), middleware, routers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentmill import __version__
+from agentmill.engine.engine import Engine
+from agentmill.server.limits import BodySizeLimit, RateLimiter, StreamSlots
+from agentmill.server.metrics import Metrics
+from agentmill.server.problems import PROBLEM_RESPONSES, install_problem_handlers
+from agentmill.server.routes import approvals, events, keys, ops, runs, webhooks, workflows
+from agentmill.server.services import Services
+from agentmill.settings import Settings
+from agentmill.spec.loader import LoadedProject
+from agentmill.store.keys import KeyStore
+
+__all__ = ["create_app"]
+
+_DESCRIPTION = """\
+Start, watch, approve and cancel durable agent workflow runs.
+
+Authenticate with an API key: `Authorization: Bearer amk_...` (create one with
+`agentmill keys create`). Errors are RFC 9457 problem+json documents.
+"""
+
+
+def create_app(
+    settings: Settings,
+    *,
+    project: LoadedProject | None,
+    config_path: Path | None = None,
+    workers: int = 1,
+) -> FastAPI:
+    """The API with an engine in the same process; `workers` 0 serves the API only."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = Engine(settings)
+        await engine.start(serve_workers=workers)
+        metrics = Metrics()
+        engine.bus.add_listener(metrics.observe_event)
+        app.state.services = Services(
+            settings=settings,
+            engine=engine,
+            project=project,
+            config_path=config_path,
+            keys=KeyStore(engine.store.engine),
+            limiter=RateLimiter(rate=settings.rate_limit, burst=settings.rate_burst),
+            streams=StreamSlots(settings.max_streams_per_key),
+            metrics=metrics,
+        )
+        try:
+            yield
+        finally:
+            app.state.services.shutting_down.set()
+            await engine.stop(grace=settings.shutdown_grace)
+
+    app = FastAPI(
+        title="agentmill",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_problem_handlers(app)
+    app.add_middleware(
+        BodySizeLimit,
+        default=settings.max_request_bytes,
+        per_prefix={"/v1/webhooks/": settings.webhook_max_bytes},
+    )
+    app.add_middleware(RequestMetrics)
+    app.include_router(ops.router)
+    for module in (workflows, runs, events, approvals, webhooks, keys):
+        app.include_router(module.router, prefix="/v1", responses=PROBLEM_RESPONSES)
+    return app
+
+
+class RequestMetrics:
+    """Times every HTTP request by route template (not raw path: ids would explode labels)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            _record(scope, status, time.perf_counter() - started)
+
+
+def _record(scope: Scope, status: int, seconds: float) -> None:
+    state = getattr(scope.get("app"), "state", None)
+    found = getattr(state, "services", None)
+    route = scope.get("route")
+    if not isinstance(found, Services) or route is None:
+        return
+    template = getattr(route, "path", "other")
+    found.metrics.requests.labels(scope["method"], template, str(status)).observe(seconds)

@@ -1,0 +1,79 @@
+"""Prometheus metrics of one server process, in its own registry (not the global one).
+
+Step durations, tokens and provider errors come from the engine's events as they are
+published; run counts by status and the queue depth are read from the database when
+`/metrics` is scraped, so they cover every worker sharing it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from agentmill.store import EventRecord, Store
+
+__all__ = ["Metrics"]
+
+_STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.runs = Gauge("agentmill_runs", "Runs by status", ["status"], registry=r)
+        self.queue_depth = Gauge(
+            "agentmill_queue_depth", "Runs waiting to start (pending)", registry=r
+        )
+        self.step_seconds = Histogram(
+            "agentmill_step_duration_seconds",
+            "Duration of successful agent calls",
+            ["model"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "agentmill_tokens", "Tokens used by agent calls", ["model", "kind"], registry=r
+        )
+        self.cost = Counter(
+            "agentmill_cost_usd", "Cost of agent calls in US dollars", ["model"], registry=r
+        )
+        self.step_failures = Counter(
+            "agentmill_step_failures",
+            "Failed agent call attempts (retried or final), by kind of error",
+            ["kind"],
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "agentmill_webhook_deliveries",
+            "Webhook deliveries by outcome",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.requests = Histogram(
+            "agentmill_http_request_duration_seconds",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+
+    def observe_event(self, event: EventRecord) -> None:
+        """Bus listener: count what an event says about steps."""
+        data = event.data
+        if event.kind == "step_finished":
+            model = str(data.get("model") or "unknown")
+            self.step_seconds.labels(model).observe(float(data.get("elapsed") or 0.0))
+            usage = data.get("usage") or {}
+            for kind in ("input_tokens", "output_tokens"):
+                self.tokens.labels(model, kind.removesuffix("_tokens")).inc(usage.get(kind, 0))
+            if cost := data.get("cost_usd"):
+                self.cost.labels(model).inc(float(cost))
+        elif event.kind in {"step_retrying", "step_failed"} and event.attempt:
+            self.step_failures.labels(str(data.get("error_kind") or "error")).inc()
+
+    async def render(self, store: Store) -> bytes:
+        """The exposition text, with database-wide gauges refreshed first."""
+        counts = await store.count_by_status()
+        for status in ("pending", "running", "succeeded", "failed", "cancelled", "interrupted"):
+            self.runs.labels(status).set(counts.get(status, 0))
+        self.queue_depth.set(counts.get("pending", 0))
+        return generate_latest(self.registry)

@@ -1,0 +1,9 @@
+"""/v1 approvals routes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["approvals"])
