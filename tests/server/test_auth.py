@@ -96,7 +96,7 @@ async def test_rate_limit_answers_429_with_retry_after(sqlite_settings: Settings
 
 async def test_oversized_bodies_are_refused_before_reading(api: Api) -> None:
     limit = api.settings.max_request_bytes
-    response = await api.post("/v1/keys", role="admin", content=b"x" * (limit + 1),
-                               headers={"content-type": "application/json"})  # fmt: skip
+    headers = {**api.auth(role="admin"), "content-type": "application/json"}
+    response = await api.client.post("/v1/keys", content=b"x" * (limit + 1), headers=headers)
     assert response.status_code == 413
     assert response.json()["type"] == "urn:agentmill:problem:too-large"
