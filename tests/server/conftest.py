@@ -88,4 +88,6 @@ async def api(server_settings: Settings, scripted: ScriptedModel) -> AsyncIterat
                 secrets[(tenant, str(role))] = secret
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Api(client=client, keys=secrets, model=scripted, settings=server_settings, app=app)
+            yield Api(
+                client=client, keys=secrets, model=scripted, settings=server_settings, app=app
+            )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -72,7 +72,12 @@ async def _list(tenant: str | None, as_json: bool) -> int:
     for key in found:
         state = "revoked" if key.revoked_at else "active"
         table.add_row(
-            key.id, escape(key.tenant), str(key.role), escape(key.name), _when(key.created_at), state
+            key.id,
+            escape(key.tenant),
+            str(key.role),
+            escape(key.name),
+            _when(key.created_at),
+            state,
         )
     out().print(table if found else "no keys yet: agentmill keys create --tenant T --role admin")
     return EXIT_OK
@@ -96,7 +101,7 @@ def _role(value: str) -> Role:
 
 
 @contextlib.asynccontextmanager
-async def _key_store() -> AsyncIterator[KeyStore]:
+async def _key_store() -> AsyncGenerator[KeyStore]:
     from agentmill.settings import Settings
     from agentmill.store import Store
     from agentmill.store.keys import KeyStore

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
 
 from agentmill.cli.exits import EXIT_OK, err
 from agentmill.errors import InputError
@@ -14,8 +18,6 @@ __all__ = ["serve"]
 
 def serve(config: Path | None, host: str, port: int, workers: int) -> int:
     """Check everything that can be checked, then serve until SIGTERM or Ctrl-C."""
-    import uvicorn
-
     from agentmill.engine.project import load_checked
     from agentmill.server.app import create_app
 
@@ -33,26 +35,22 @@ def serve(config: Path | None, host: str, port: int, workers: int) -> int:
         timeout_graceful_shutdown=max(int(settings.shutdown_grace), 1),
         lifespan="on",
     )
-    server = _Server(uvicorn_config, app)
-    server.run()
+    _server_for(uvicorn_config, app).run()
     return EXIT_OK
 
 
-class _Server:
+def _server_for(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
     """uvicorn's server, telling the app it is stopping before connections are drained,
-    so open event streams end (clients reconnect elsewhere) instead of holding shutdown."""
+    so open event streams end (clients reconnect later) instead of holding up shutdown."""
 
-    def __new__(cls, config: object, app: object) -> object:
-        import uvicorn
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            services = getattr(app.state, "services", None)
+            if services is not None:
+                services.shutting_down.set()
+            super().handle_exit(sig, frame)
 
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig: int, frame: object) -> None:
-                services = getattr(getattr(app, "state", None), "services", None)
-                if services is not None:
-                    services.shutting_down.set()
-                super().handle_exit(sig, frame)  # type: ignore[arg-type]
-
-        return Server(config)  # type: ignore[arg-type]
+    return Server(config)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from sqlalchemy.exc import IntegrityError
+
+from agentmill.engine.drain import Drain
 from agentmill.engine.events import EventBus
 from agentmill.engine.execution import RunExecutor, emitter_for, record_cancelled
-from agentmill.engine.drain import Drain
 from agentmill.engine.liveness import Owner, owner_alive
 from agentmill.engine.plan import RunPlan, build_plan, downstream_of
 from agentmill.errors import InvalidStateError, NotFoundError
@@ -26,7 +28,6 @@ from agentmill.settings import Settings
 from agentmill.spec.inputs import coerce_inputs
 from agentmill.spec.models import ProjectSpec
 from agentmill.store import DEFAULT_TENANT, EventRecord, RunRecord, RunStatus, Store
-from sqlalchemy.exc import IntegrityError
 
 __all__ = ["TERMINAL_EVENTS", "ConcurrencyMode", "Engine"]
 
@@ -68,9 +69,7 @@ class Engine:
             raise InvalidStateError("the engine is not started")
         return self._store
 
-    async def start(
-        self, *, launch_workers: bool = True, serve_workers: int | None = None
-    ) -> None:
+    async def start(self, *, launch_workers: bool = True, serve_workers: int | None = None) -> None:
         """Open the store; with `launch_workers`, launch DBOS so runs can start.
 
         Embedded (`serve_workers` None): this process executes the runs it submits or

@@ -65,7 +65,7 @@ async def _touch(app: Services, key_id: str) -> None:
         await app.keys.touch(key_id)
 
 
-def require(role: Role):  # noqa: ANN201 - a FastAPI dependency factory
+def require(role: Role):
     """A dependency admitting keys of `role` or above; others get 403 naming the role."""
 
     async def dependency(

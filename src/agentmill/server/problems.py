@@ -115,7 +115,10 @@ def problem_response(
         errors=errors,
     )
     return JSONResponse(
-        body.model_dump(exclude_none=True), status_code=status, headers=headers, media_type=MEDIA_TYPE
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        headers=headers,
+        media_type=MEDIA_TYPE,
     )
 
 
@@ -154,9 +157,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         status, slug = _status_of(exc)
         errors = None
         if isinstance(exc, ConfigError):
-            errors = [
-                {"line": p.line, "message": p.message, "hint": p.hint} for p in exc.problems
-            ]
+            errors = [{"line": p.line, "message": p.message, "hint": p.hint} for p in exc.problems]
         return problem_response(status, slug, str(exc), instance=request.url.path, errors=errors)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -172,7 +173,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
+        detail = exc.detail or _TITLES.get(exc.status_code, "")
         headers = dict(exc.headers) if exc.headers else None
         slug = _TITLES.get(exc.status_code, "error").lower().replace(" ", "-")
         return problem_response(
@@ -182,7 +183,11 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         reference = uuid.uuid4().hex[:12]
         logger.error(
-            "unexpected error %s on %s %s", reference, request.method, request.url.path, exc_info=exc
+            "unexpected error %s on %s %s",
+            reference,
+            request.method,
+            request.url.path,
+            exc_info=exc,
         )
         detail = f"internal error (reference {reference}); the server log has the details"
         return problem_response(500, "internal", detail, instance=request.url.path)

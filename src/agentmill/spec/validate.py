@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from agentmill.spec.loader import LoadedProject
 
 __all__ = [
+    "APPROVAL_FIELDS",
     "KNOWN_PROVIDERS",
     "LOCAL_MODELS",
-    "APPROVAL_FIELDS",
     "STEP_FIELDS",
     "TRIGGER_VARIABLES",
     "did_you_mean",
@@ -217,13 +217,14 @@ class _WorkflowCheck:
         at = (*self.base, "steps", position)
         prompt_at = (*at, "approval", "prompt") if step.approval is not None else (*at, "prompt")
         prompt = step.approval.prompt if step.approval is not None else step.prompt
+        foreach_item = None if step.foreach is not None else no_item
+        when_item = "'when' is evaluated once per step, before any foreach item"
+        foreach_own = "'foreach' itself is evaluated before there are items"
         checks = (
-            (prompt, prompt_at, f"the prompt of step '{step.id}'", None if step.foreach else no_item),
-            (step.when, (*at, "when"), f"'when' of step '{step.id}'",
-             "'when' is evaluated once per step, before any foreach item"),
-            (step.foreach, (*at, "foreach"), f"'foreach' of step '{step.id}'",
-             "'foreach' itself is evaluated before there are items"),
-        )  # fmt: skip
+            (prompt, prompt_at, f"the prompt of step '{step.id}'", foreach_item),
+            (step.when, (*at, "when"), f"'when' of step '{step.id}'", when_item),
+            (step.foreach, (*at, "foreach"), f"'foreach' of step '{step.id}'", foreach_own),
+        )
         for text, parts, what, item in checks:
             if text is not None:
                 self._check_template(text, _Scope(parts=parts, what=what, step=step, item=item))
@@ -320,7 +321,9 @@ def _check_trigger(loaded: LoadedProject, position: int) -> list[ConfigProblem]:
     for number, event in enumerate(trigger.events):
         if not _EVENT_PATTERN.match(event):
             hint = "write a GitHub event name, optionally with an action: pull_request.opened"
-            problems.append(loaded.problem(f"'{event}' is not an event", *at, "events", number, hint=hint))
+            problems.append(
+                loaded.problem(f"'{event}' is not an event", *at, "events", number, hint=hint)
+            )
     workflow = loaded.spec.workflows.get(trigger.workflow)
     if workflow is None:
         known = ", ".join(loaded.spec.workflows) or "none"
@@ -331,11 +334,24 @@ def _check_trigger(loaded: LoadedProject, position: int) -> list[ConfigProblem]:
         if name not in workflow.inputs:
             hint = _join(did_you_mean(name, workflow.inputs), f"inputs of '{trigger.workflow}': "
                          f"{', '.join(workflow.inputs) or 'none'}")  # fmt: skip
-            problems.append(loaded.problem(f"trigger sets unknown input '{name}'", *at, "inputs", name, hint=hint))
-    missing = [n for n, spec in workflow.inputs.items() if spec.required and n not in trigger.inputs]
+            problems.append(
+                loaded.problem(
+                    f"trigger sets unknown input '{name}'", *at, "inputs", name, hint=hint
+                )
+            )
+    missing = [
+        n for n, spec in workflow.inputs.items() if spec.required and n not in trigger.inputs
+    ]
     if missing:
-        hint = "map them from the payload, e.g. inputs: {%s: \"{{ payload... }}\"}" % missing[0]
-        problems.append(loaded.problem(f"trigger does not set required inputs: {', '.join(missing)}", *at, "workflow", hint=hint))
+        hint = f"map them from the payload, e.g. inputs: {{{missing[0]}: '{{{{ payload.x }}}}'}}"
+        problems.append(
+            loaded.problem(
+                f"trigger does not set required inputs: {', '.join(missing)}",
+                *at,
+                "workflow",
+                hint=hint,
+            )
+        )
     templates = [(("inputs", n), t) for n, t in trigger.inputs.items()]
     templates.append((("concurrency", "key"), trigger.concurrency.key))
     for parts, text in templates:
@@ -356,7 +372,11 @@ def _trigger_template_problems(
         if ref.root not in TRIGGER_VARIABLES:
             hint = _join(did_you_mean(ref.root, TRIGGER_VARIABLES),
                          f"trigger templates can use: {', '.join(TRIGGER_VARIABLES)}")  # fmt: skip
-            problems.append(loaded.problem(f"trigger template uses unknown variable '{ref.root}'", *parts, hint=hint))
+            problems.append(
+                loaded.problem(
+                    f"trigger template uses unknown variable '{ref.root}'", *parts, hint=hint
+                )
+            )
     return problems
 
 

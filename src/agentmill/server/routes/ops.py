@@ -35,7 +35,8 @@ async def readyz(request: Request) -> Health:
         async with app.engine.store.engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
     except Exception as exc:  # noqa: BLE001 - any database failure means not ready
-        raise ApiProblem(503, "not-ready", f"the database is not reachable: {type(exc).__name__}")
+        detail = f"the database is not reachable: {type(exc).__name__}"
+        raise ApiProblem(503, "not-ready", detail) from None
     if not app.engine.launched or app.shutting_down.is_set():
         raise ApiProblem(503, "not-ready", "the engine is not running (starting or stopping)")
     return Health(status="ready")

@@ -24,9 +24,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("auto_resume", sa.Boolean, nullable=False, server_default=sa.false())
         )
-    op.create_index(
-        "ux_am_runs_idempotency", "am_runs", ["tenant", "idempotency_key"], unique=True
-    )
+    op.create_index("ux_am_runs_idempotency", "am_runs", ["tenant", "idempotency_key"], unique=True)
     op.create_index("ix_am_runs_concurrency", "am_runs", ["tenant", "concurrency_key"])
     op.create_table(
         "am_api_keys",
@@ -76,5 +74,11 @@ def downgrade() -> None:
     op.drop_index("ix_am_runs_concurrency", "am_runs")
     op.drop_index("ux_am_runs_idempotency", "am_runs")
     with op.batch_alter_table("am_runs") as batch:
-        for column in ("auto_resume", "trigger", "parent_run_id", "concurrency_key", "idempotency_key"):
+        for column in (
+            "auto_resume",
+            "trigger",
+            "parent_run_id",
+            "concurrency_key",
+            "idempotency_key",
+        ):
             batch.drop_column(column)
