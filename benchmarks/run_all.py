@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_engine", "bench_cli_startup", "bench_local_model"]
+SCRIPTS = [
+    "bench_engine",
+    "bench_cli_startup",
+    "bench_local_model",
+    "bench_webhook",
+    "bench_sse",
+    "bench_api",
+]
 
 
 def main() -> int:

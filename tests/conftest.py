@@ -61,6 +61,55 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / ".agentmill", heartbeat_interval=0.5)
 
 
+@pytest.fixture(scope="session")
+def pg_template(pg_url: str) -> Iterator[str]:
+    """A migrated, empty database to copy: a fresh database per test costs one CREATE."""
+    import psycopg
+    from psycopg import sql
+
+    from agentmill.store.db import migrate
+
+    name = f"{pg_url.rsplit('/', 1)[1]}_template"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    migrate(f"{pg_url.rsplit('/', 1)[0]}/{name}")
+    yield name
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def fresh_pg_url(pg_url: str, pg_template: str) -> Iterator[str]:
+    """A database of its own for one test: server workers adopt any orphaned run they
+    find, so tests of server mode must not share a database with other tests' leftovers."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"agentmill_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(pg_template)
+            )
+        )
+    yield f"{pg_url.rsplit('/', 1)[0]}/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def isolated_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Like `settings`, but on PostgreSQL with a database of the test's own."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("fresh_pg_url")
+        return Settings(home=tmp_path / ".agentmill", database_url=url, heartbeat_interval=0.5)
+    return Settings(home=tmp_path / ".agentmill", heartbeat_interval=0.5)
+
+
 @pytest.fixture
 def sqlite_settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / ".agentmill", heartbeat_interval=0.5)

@@ -81,5 +81,5 @@ def cli(tmp_path: Path) -> Cli:
 def any_backend_cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
     env = _base_env(tmp_path)
     if request.param == "postgres":
-        env["AGENTMILL_DATABASE_URL"] = request.getfixturevalue("pg_url")
+        env["AGENTMILL_DATABASE_URL"] = request.getfixturevalue("fresh_pg_url")
     return Cli(cwd=tmp_path, env=env)

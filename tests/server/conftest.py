@@ -70,9 +70,9 @@ def scripted() -> Iterator[ScriptedModel]:
 
 
 @pytest.fixture
-def server_settings(settings: Settings) -> Settings:
-    """Generous limits so tests meet them only on purpose."""
-    return settings.model_copy(update={"rate_limit": 1000.0, "rate_burst": 1000})
+def server_settings(isolated_settings: Settings) -> Settings:
+    """Generous limits so tests meet them only on purpose; a database of the test's own."""
+    return isolated_settings.model_copy(update={"rate_limit": 1000.0, "rate_burst": 1000})
 
 
 @pytest.fixture

@@ -231,3 +231,16 @@ def test_anchors_aliases_and_merge_keys(tmp_path: Path) -> None:
     )
     assert loaded.spec.agents["strict"].retries == 3
     assert loaded.spec.agents["strict"].model == "local:smollm2"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('version: 1\nx: "\x00"\n', "invalid YAML: unacceptable character #x0000"),
+        ("[" * 5000, "invalid YAML: nested too deeply to read"),
+    ],
+)
+def test_unreadable_yaml_is_a_config_error(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_project_text(text, "x.yaml")
+    assert info.value.problems[0].message.startswith(message)

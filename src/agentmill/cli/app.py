@@ -51,7 +51,7 @@ def validate(
 
 @app.command()
 def run(
-    file: Annotated[Path, typer.Argument(help="Config file")],
+    file: Annotated[Path, typer.Argument(help="Config file (not read in remote mode, see below)")],
     workflow: Annotated[str, typer.Argument(help="Workflow to run")],
     inputs: Annotated[
         list[str] | None,
@@ -59,7 +59,11 @@ def run(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON result only")] = False,
 ) -> None:
-    """Run a workflow, showing its steps and streamed output live."""
+    """Run a workflow, showing its steps and streamed output live.
+
+    With AGENTMILL_URL and AGENTMILL_API_KEY set, the server runs its own workflow of that
+    name: FILE is neither read nor sent, only the workflow name and the inputs are.
+    """
     from agentmill.cli.run_cmd import run_workflow
 
     run_command(lambda: run_workflow(file, workflow, inputs or [], as_json=as_json))
@@ -74,12 +78,27 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
     workers: Annotated[
         int, typer.Option(min=0, help="Runs this process executes at once; 0 = API only")
-    ] = 4,
+    ] = 16,
 ) -> None:
     """Serve the HTTP API (and execute runs) until SIGTERM or Ctrl-C."""
     from agentmill.cli.serve_cmd import serve as serve_api
 
     run_command(lambda: serve_api(config, host, port, workers))
+
+
+@app.command()
+def approve(
+    run_id: Annotated[str, typer.Argument(help="Run id (see `agentmill runs list`)")],
+    step: Annotated[str, typer.Argument(help="Id of the approval step the run waits at")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving")] = False,
+    comment: Annotated[
+        str | None, typer.Option("--comment", "-m", help="A note recorded with the decision")
+    ] = None,
+) -> None:
+    """Approve (or --reject) a run waiting at an approval step; recorded once."""
+    from agentmill.cli.approve_cmd import decide_approval
+
+    run_command(lambda: decide_approval(run_id, step, not reject, comment))
 
 
 @app.command()

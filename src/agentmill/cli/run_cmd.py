@@ -11,15 +11,13 @@ from typing import Any
 
 from rich.markup import escape
 
-from agentmill.cli.client import open_engine
+from agentmill.cli.client import RunsClient, RunSource, open_client, read_source
 from agentmill.cli.exits import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, err, out
 from agentmill.cli.live import ProgressView
 from agentmill.cli.report import print_outputs, run_to_json
-from agentmill.engine.engine import Engine
 from agentmill.engine.project import load_checked
-from agentmill.errors import InputError, NotFoundError
+from agentmill.errors import InputError
 from agentmill.settings import Settings
-from agentmill.spec.models import ProjectSpec
 from agentmill.store import RunRecord, RunStatus
 
 __all__ = ["follow_run", "parse_inputs", "run_workflow", "validate_file"]
@@ -67,43 +65,43 @@ def _read_value(name: str, value: str) -> str:
 def run_workflow(
     path: Path, workflow: str, pairs: list[str], *, as_json: bool
 ) -> Coroutine[Any, Any, int]:
-    """Check everything that can be checked before starting, then run."""
-    loaded = load_checked(path)
-    if workflow not in loaded.spec.workflows:
-        known = ", ".join(sorted(loaded.spec.workflows)) or "none"
-        raise NotFoundError(f"no workflow {workflow!r} in {path} (workflows: {known})")
+    """Check everything that can be checked before starting, then run.
+
+    Locally the config file is loaded and checked first; in remote mode it is not read:
+    the server runs its own workflow of that name.
+    """
+    settings = Settings()
+    source = read_source(settings, path, workflow)
     raw = parse_inputs(pairs)
-    return _start(loaded.spec, workflow, raw, str(path.resolve()), as_json=as_json)
+    return _start(settings, source, workflow, raw, as_json=as_json)
 
 
 async def _start(
-    spec: ProjectSpec, workflow: str, raw: dict[str, str], config_path: str, *, as_json: bool
+    settings: Settings, source: RunSource, workflow: str, raw: dict[str, str], *, as_json: bool
 ) -> int:
-    async with open_engine(Settings(), workers=True) as engine:
-        run = await engine.submit(spec, workflow, raw, config_path=config_path)
+    async with open_client(settings, workers=True) as client:
+        run = await client.start(source, workflow, raw)
         if not as_json:
             err().print(f"run [bold]{run.id}[/] started ({escape(workflow)})")
-        return await follow_run(engine, run, as_json=as_json)
+        return await follow_run(client, run, as_json=as_json)
 
 
-async def follow_run(engine: Engine, run: RunRecord, *, as_json: bool, after: int = 0) -> int:
-    """Show a run until it ends; Ctrl-C interrupts it and leaves it resumable."""
+async def follow_run(client: RunsClient, run: RunRecord, *, as_json: bool, after: int = 0) -> int:
+    """Show a run until it ends. Ctrl-C stops following: a local run is interrupted and
+    left resumable, a remote one continues on the server."""
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, main.cancel)
     try:
-        await _show(engine, run, as_json=as_json, after=after)
+        await _show(client, run, as_json=as_json, after=after)
     except asyncio.CancelledError:
-        err().print(
-            f"\n[yellow]interrupted:[/] run {run.id} stopped; "
-            f"continue it with: agentmill runs resume {run.id}"
-        )
+        err().print(f"\n[yellow]interrupted:[/] {escape(client.detached_note(run))}")
         return EXIT_INTERRUPTED
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
-    final = await engine.store.get_run(run.id, tenant=run.tenant)
-    steps = await engine.store.steps(run.id)
+    final = await client.get_run(run.id)
+    steps = await client.steps(run.id)
     if as_json:
         out().print_json(json.dumps(run_to_json(final, steps)))
     else:
@@ -111,16 +109,12 @@ async def follow_run(engine: Engine, run: RunRecord, *, as_json: bool, after: in
     return EXIT_OK if final.status is RunStatus.SUCCEEDED else EXIT_FAILED
 
 
-async def _show(engine: Engine, run: RunRecord, *, as_json: bool, after: int) -> None:
-    step_ids = [step["id"] for step in _steps_of(run)]
+async def _show(client: RunsClient, run: RunRecord, *, as_json: bool, after: int) -> None:
     from rich.console import Console
 
+    step_ids = await client.plan(run)
     console = Console(stderr=True, quiet=as_json)
     with ProgressView(console, step_ids=step_ids) as view:
-        view.restore(await engine.store.steps(run.id))
-        async for event in engine.follow(run.id, after=after):
+        view.restore(await client.steps(run.id))
+        async for event in client.follow(run.id, after=after):
             view.handle(event)
-
-
-def _steps_of(run: RunRecord) -> list[dict[str, Any]]:
-    return list(run.snapshot.get("workflow", {}).get("steps", []))

@@ -11,6 +11,9 @@ import typer
 from agentmill.cli.exits import EXIT_OK, err, out, run_command
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from agentmill.cli.client import RunsClient
     from agentmill.store import RunRecord, RunStatus
 
 __all__ = ["app"]
@@ -62,22 +65,18 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
     from rich.markup import escape
     from rich.table import Table
 
-    from agentmill.cli.client import open_engine
-    from agentmill.settings import Settings
-
     wanted = _parse_status(status) if status else None
-    async with open_engine(Settings(), workers=False) as engine:
-        runs = await engine.store.list_runs(status=wanted, workflow=workflow, limit=limit)
+    async with _client() as client:
+        runs = await client.list_runs(status=wanted, workflow=workflow, limit=limit)
+        labels = [client.describe_status(run) for run in runs]
     if as_json:
         out().print_json(json.dumps([_run_summary(r) for r in runs]))
         return EXIT_OK
     table = Table("id", "workflow", "status", "created", "tokens", box=None)
-    for run in runs:
+    for run, label in zip(runs, labels, strict=True):
         usage = run.usage or {}
         tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
-        table.add_row(
-            run.id, escape(run.workflow), _status(run), _when(run.created_at), str(tokens)
-        )
+        table.add_row(run.id, escape(run.workflow), label, _when(run.created_at), str(tokens))
     out().print(table if runs else "no runs yet: start one with `agentmill run FILE WORKFLOW`")
     return EXIT_OK
 
@@ -86,17 +85,16 @@ async def _show(run_id: str, as_json: bool) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from agentmill.cli.client import open_engine
     from agentmill.cli.report import print_outputs, run_to_json
-    from agentmill.settings import Settings
 
-    async with open_engine(Settings(), workers=False) as engine:
-        run = await engine.store.get_run(run_id)
-        steps = await engine.store.steps(run_id)
+    async with _client() as client:
+        run = await client.get_run(run_id)
+        steps = await client.steps(run_id)
+        label = client.describe_status(run)
     if as_json:
         out().print_json(json.dumps(run_to_json(run, steps)))
         return EXIT_OK
-    out().print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {_status(run)}")
+    out().print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {label}")
     table = Table("step", "status", "attempt", "model", "tokens in/out", "elapsed", box=None)
     for step in steps:
         usage = step.usage or {}
@@ -117,16 +115,13 @@ async def _show(run_id: str, as_json: bool) -> int:
 
 
 async def _logs(run_id: str, follow: bool) -> int:
-    from agentmill.cli.client import open_engine
-    from agentmill.settings import Settings
-
-    async with open_engine(Settings(), workers=False) as engine:
-        await engine.store.get_run(run_id)
+    async with _client() as client:
         if follow:
-            async for event in engine.follow(run_id):
+            await client.get_run(run_id)
+            async for event in client.follow(run_id):
                 out().print_json(json.dumps(event.to_json()), indent=None)
         else:
-            for event in await engine.store.events(run_id):
+            for event in await client.events(run_id):
                 out().print_json(json.dumps(event.to_json()), indent=None)
     return EXIT_OK
 
@@ -134,26 +129,29 @@ async def _logs(run_id: str, follow: bool) -> int:
 async def _resume(run_id: str, as_json: bool) -> int:
     from rich.markup import escape
 
-    from agentmill.cli.client import open_engine
     from agentmill.cli.run_cmd import follow_run
-    from agentmill.settings import Settings
 
-    async with open_engine(Settings(), workers=True) as engine:
-        after = await engine.store.last_seq(run_id)
-        run = await engine.resume(run_id)
+    async with _client(workers=True) as client:
+        after = await client.last_seq(run_id)
+        run = await client.resume(run_id)
         if not as_json:
             err().print(f"run [bold]{run.id}[/] resumed ({escape(run.workflow)})")
-        return await follow_run(engine, run, as_json=as_json, after=after)
+        return await follow_run(client, run, as_json=as_json, after=after)
 
 
 async def _cancel(run_id: str) -> int:
-    from agentmill.cli.client import open_engine
-    from agentmill.settings import Settings
-
-    async with open_engine(Settings(), workers=False) as engine:
-        run = await engine.cancel(run_id)
+    async with _client() as client:
+        run = await client.cancel(run_id)
     err().print(f"run {run.id}: cancel requested (status {run.status})")
     return EXIT_OK
+
+
+def _client(*, workers: bool = False) -> AbstractAsyncContextManager[RunsClient]:
+    """The client of these commands: only `resume` executes runs in this process."""
+    from agentmill.cli.client import open_client
+    from agentmill.settings import Settings
+
+    return open_client(Settings(), workers=workers)
 
 
 def _parse_status(value: str) -> RunStatus:
@@ -176,18 +174,6 @@ def _run_summary(run: RunRecord) -> dict[str, object]:
         "finished_at": run.finished_at,
         "usage": run.usage or {},
     }
-
-
-def _status(run: RunRecord) -> str:
-    """The status, flagging a run whose executing process is gone."""
-    from agentmill.engine.liveness import owner_alive
-    from agentmill.settings import Settings
-    from agentmill.store import RunStatus
-
-    in_flight = run.status in {RunStatus.RUNNING, RunStatus.PENDING}
-    if in_flight and not owner_alive(run, heartbeat_interval=Settings().heartbeat_interval):
-        return f"{run.status} (its process is gone: agentmill runs resume)"
-    return str(run.status)
 
 
 def _when(ts: float) -> str:

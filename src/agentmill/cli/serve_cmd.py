@@ -49,6 +49,8 @@ def _server_for(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
             if services is not None:
                 services.shutting_down.set()
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after a graceful stop; a clean stop exits 0.
+            self._captured_signals.clear()
 
     return Server(config)
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from agentmill.agents.base import Agent, StepRequest, StepResult
+from agentmill.agents.pricing import cost_usd
 from agentmill.engine.events import RunEmitter
 from agentmill.errors import ProviderError, StepFailed, StepTimeout, UserError
 from agentmill.logs import current_step
@@ -139,6 +140,7 @@ async def _succeed(
         elapsed=round(finished - started, 4),
         usage=result.usage.to_json(),
         model=result.model,
+        cost_usd=cost_usd(result.model, result.usage),
     )
     await store.journal.commit()
     return record

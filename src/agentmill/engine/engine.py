@@ -18,6 +18,12 @@ from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
 
+from agentmill.engine.approvals import (
+    ApprovalRecord,
+    ApprovalStatus,
+    decide_approval,
+    list_approvals,
+)
 from agentmill.engine.drain import Drain
 from agentmill.engine.events import EventBus
 from agentmill.engine.execution import RunExecutor, emitter_for, record_cancelled
@@ -363,14 +369,12 @@ class Engine:
         self, queue: asyncio.Queue[EventRecord], run_id: str, last: int
     ) -> list[EventRecord] | None:
         """The events after `last`, waiting briefly; None when the run cannot progress."""
-        try:
-            live = await asyncio.wait_for(queue.get(), _WATCH_INTERVAL)
-        except TimeoutError:
-            live = None
+        live = await _next_live(queue)
         if live is not None and live.seq == last + 1:
-            if live.kind in TERMINAL_EVENTS:
+            batch = _consecutive(queue, live)
+            if batch[-1].kind in TERMINAL_EVENTS:
                 await self.store.journal.commit()  # the run's final state, written with it
-            return [live]
+            return batch
         if live is not None and live.seq <= last:
             return []
         if live is None and self._executes_here(run_id):
@@ -426,11 +430,46 @@ class Engine:
             if run_id in self._executor.active:
                 self._executor.cancel(run_id)
         # A run whose row names another owner was taken over (our heartbeat lapsed): stop.
+        # (No owner yet: a queued run dequeued here and not claimed yet; not a takeover.)
         for run_id, owner in (await self.store.owners(active)).items():
-            if owner != self.owner.executor_id:
+            if owner is not None and owner != self.owner.executor_id:
                 self._executor.interrupt(run_id)
         if heartbeat:
             await self.store.heartbeat(mine, owner=self.owner.executor_id)
+
+    # approvals
+
+    async def decide(
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        approve: bool,
+        comment: str | None = None,
+        by: str,
+        tenant: str = DEFAULT_TENANT,
+    ) -> ApprovalRecord:
+        """Approve or reject a waiting gate, once; the run goes on from there."""
+        return await decide_approval(
+            self.store,
+            run_id,
+            step_id,
+            approve=approve,
+            comment=comment,
+            by=by,
+            tenant=tenant,
+            notify=self._launched,
+        )
+
+    async def approvals(
+        self,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        status: ApprovalStatus | None = None,
+        run_id: str | None = None,
+    ) -> list[ApprovalRecord]:
+        """A tenant's approvals (optionally of one run), newest first."""
+        return await list_approvals(self.store, tenant=tenant, status=status, run_id=run_id)
 
 
 def _check_models(plan: RunPlan) -> None:
@@ -444,6 +483,32 @@ def _next_workflow_id(run_id: str, current: str) -> str:
     """`<run>` -> `<run>.2` -> `<run>.3`: one DBOS workflow per execution of a run."""
     _, _, suffix = current.partition(".")
     return f"{run_id}.{int(suffix or 1) + 1}"
+
+
+async def _next_live(queue: asyncio.Queue[EventRecord]) -> EventRecord | None:
+    """The next live event, waiting up to one watch interval (no task per event)."""
+    if not queue.empty():
+        return queue.get_nowait()
+    try:
+        async with asyncio.timeout(_WATCH_INTERVAL):
+            return await queue.get()
+    except TimeoutError:
+        return None
+
+
+def _consecutive(queue: asyncio.Queue[EventRecord], first: EventRecord) -> list[EventRecord]:
+    """`first` and the queued events that directly follow it, up to a terminal event."""
+    batch = [first]
+    while batch[-1].kind not in TERMINAL_EVENTS and not queue.empty():
+        following = queue.get_nowait()
+        if following.seq <= batch[-1].seq:
+            continue  # already seen (read from the database before it came live)
+        if following.seq != batch[-1].seq + 1:
+            # A gap: the next call fills it from the database, which has every event.
+            queue.put_nowait(following)
+            break
+        batch.append(following)
+    return batch
 
 
 _NO_OWNER: dict[str, Any] = {

@@ -53,6 +53,8 @@ class RunExecutor:
         self.active: dict[str, asyncio.Task[Any]] = {}
         self._cancelling: set[str] = set()
         self._finishing: set[str] = set()
+        self._waiting: set[str] = set()
+        """Runs queued behind older ones sharing their concurrency key: not claimed, not owned."""
         self.stopping = False
 
     async def execute(self, run_id: str) -> dict[str, Any]:
@@ -94,7 +96,7 @@ class RunExecutor:
 
     def interrupt(self, run_id: str) -> None:
         """Stop executing a run this process no longer owns; its new owner goes on."""
-        if run_id in self.active and run_id not in self._finishing:
+        if run_id in self.active and run_id not in self._finishing | self._waiting:
             logger.warning("run %s was taken over by another process; stopping here", run_id)
             self.active[run_id].cancel()
 
@@ -154,13 +156,17 @@ class RunExecutor:
         """Queue behind older active runs sharing the run's concurrency key."""
         assert run.concurrency_key is not None
         announced = False
-        while ahead := await self._store.active_runs_with_key(
-            run.tenant, run.concurrency_key, before=run.created_at, exclude=run.id
-        ):
-            if not announced:
-                emitter.emit("run_queued", behind=ahead)
-                announced = True
-            await asyncio.sleep(_TURN_POLL)
+        self._waiting.add(run.id)
+        try:
+            while ahead := await self._store.active_runs_with_key(
+                run.tenant, run.concurrency_key, before=run.created_at, exclude=run.id
+            ):
+                if not announced:
+                    emitter.emit("run_queued", behind=ahead)
+                    announced = True
+                await asyncio.sleep(_TURN_POLL)
+        finally:
+            self._waiting.discard(run.id)
 
     async def _claim(self, run: RunRecord) -> bool:
         """Take the run if it is still pending and still this process's or nobody's (a queue's).

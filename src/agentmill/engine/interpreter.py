@@ -1,8 +1,10 @@
-"""Interpreting a run's plan: the step DAG, `when`, `foreach`, concurrency caps.
+"""Interpreting a run's plan: the step DAG, `when`, `foreach`, approval gates, caps.
 
 Independent steps run concurrently; a step starts as soon as everything it `needs` is
 done. A failed step blocks its dependents but lets independent branches finish, so their
 work is kept for a resume. Finished calls come from their checkpoints, never re-run.
+An approval gate waits without holding a call slot, so gates in several branches can
+wait at once while other work goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from agentmill.agents.base import Agent, StepRequest, Usage
 from agentmill.agents.factory import build_agent
+from agentmill.engine.approvals import Gate, run_gate
 from agentmill.engine.calls import CallSpec, run_call
 from agentmill.engine.drain import Drain
 from agentmill.engine.events import RunEmitter
@@ -101,11 +104,7 @@ class RunInterpreter:
         except Exception as exc:
             logger.exception("step %s failed unexpectedly", step.id)
             outcome = self._node_failed(step, f"{type(exc).__name__}: {exc}")
-        self._views[step.id] = {
-            "output": outcome.output,
-            "skipped": outcome.status is StepStatus.SKIPPED,
-            "usage": outcome.usage.to_json(),
-        }
+        self._views[step.id] = _view(step, outcome)
         future.set_result(outcome)
 
     def _node_failed(self, step: StepSpec, error: str) -> NodeOutcome:
@@ -121,6 +120,8 @@ class RunInterpreter:
         context = self._template_context()
         if step.when is not None and not is_truthy(evaluate(step.when, context)):
             return await self._skip(step)
+        if step.approval is not None:
+            return await self._gate(step, context)
         if step.foreach is not None:
             return await self._fan_out(step, context)
         prompt = render(step.prompt, context)
@@ -172,6 +173,24 @@ class RunInterpreter:
             status=StepStatus.SUCCEEDED, output=[r.output for r in records], usage=usage
         )
 
+    async def _gate(self, step: StepSpec, context: dict[str, Any]) -> NodeOutcome:
+        """Wait for a person's decision; no call slot is held meanwhile."""
+        assert step.approval is not None
+        gate = Gate(
+            run_id=self._run_id,
+            tenant=self._tenant,
+            step_id=step.id,
+            approval=step.approval,
+            prompt=render(step.approval.prompt, context),
+        )
+        record = await run_gate(
+            gate,
+            store=self._store,
+            emitter=self._emitter,
+            previous=self._checkpoints.get(step.id),
+        )
+        return _node_outcome(record)
+
     async def _call(self, step: StepSpec, prompt: str, *, index: int | None) -> StepRecord:
         assert step.agent is not None
         agent_spec = self._plan.agents[step.agent]
@@ -221,6 +240,20 @@ class RunInterpreter:
             for step in workflow.steps
             if step.id not in needed and outcomes[step.id].status is StepStatus.SUCCEEDED
         }
+
+
+def _view(step: StepSpec, outcome: NodeOutcome) -> dict[str, Any]:
+    """What templates downstream read of a finished step (`steps.<id>.…`)."""
+    view: dict[str, Any] = {
+        "output": outcome.output,
+        "skipped": outcome.status is StepStatus.SKIPPED,
+        "usage": outcome.usage.to_json(),
+    }
+    if step.approval is not None:
+        decision: dict[str, Any] = outcome.output if isinstance(outcome.output, dict) else {}
+        view["approved"] = bool(decision.get("approved", False))
+        view["comment"] = decision.get("comment")
+    return view
 
 
 def _node_outcome(record: StepRecord) -> NodeOutcome:

@@ -22,6 +22,9 @@ __all__ = ["recover_forever", "sweep"]
 
 logger = logging.getLogger("agentmill.engine")
 
+_LOST_AFTER = 30.0
+"""A queued run older than this with no DBOS workflow was never enqueued."""
+
 
 async def sweep(engine: Engine) -> list[str]:
     """Adopt every run whose worker's heartbeat stopped, or that a shutdown handed back."""
@@ -36,7 +39,20 @@ async def sweep(engine: Engine) -> list[str]:
                 continue  # this process heartbeats its own runs; a stale one is finishing
             if await engine.adopt(run):
                 adopted.append(run.id)
+        adopted += await _requeue_lost(engine)
     return adopted
+
+
+async def _requeue_lost(engine: Engine) -> list[str]:
+    """Queued runs whose enqueue never happened (the process died between recording the
+    run and queueing it): queue them now."""
+    from agentmill.engine.runtime import workflow_exists
+
+    lost: list[str] = []
+    for run in await engine.store.queued_before(time.time() - _LOST_AFTER):
+        if not await workflow_exists(run.workflow_id or run.id) and await engine.adopt(run):
+            lost.append(run.id)
+    return lost
 
 
 async def recover_forever(engine: Engine) -> None:

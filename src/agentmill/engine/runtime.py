@@ -12,7 +12,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from dbos import DBOS, DBOSConfig, SetWorkflowID
+from dbos import DBOS, DBOSConfig, Queue, SetWorkflowID
 from dbos._serialization import Serializer
 
 from agentmill import ENGINE_VERSION
@@ -32,6 +32,7 @@ __all__ = [
     "launch_dbos",
     "register_run_queue",
     "start_run_workflow",
+    "workflow_exists",
 ]
 
 logger = logging.getLogger("agentmill.engine")
@@ -41,6 +42,7 @@ _executors: list[RunExecutor] = []
 RUN_QUEUE = "agentmill-runs"
 """The shared queue of server mode; only `agentmill serve` workers listen to it."""
 _QUEUE_POLL = 0.05
+_queues: dict[str, Queue] = {}
 
 
 class JsonSerializer(Serializer):
@@ -77,7 +79,8 @@ async def start_run_workflow(run_id: str, workflow_id: str) -> None:
 
 async def register_run_queue(worker_concurrency: int | None, *, update: bool) -> None:
     """Declare the shared run queue; a worker sets how many runs it takes at once."""
-    await DBOS.register_queue_async(
+    _queues.clear()
+    _queues[RUN_QUEUE] = await DBOS.register_queue_async(
         RUN_QUEUE,
         worker_concurrency=worker_concurrency,
         polling_interval_sec=_QUEUE_POLL,
@@ -87,11 +90,15 @@ async def register_run_queue(worker_concurrency: int | None, *, update: bool) ->
 
 async def enqueue_run_workflow(run_id: str, workflow_id: str) -> None:
     """Queue the run's workflow for whichever server worker is free."""
-    queue = DBOS.retrieve_queue(RUN_QUEUE)
+    queue = _queues.get(RUN_QUEUE)
     if queue is None:
         raise InvalidStateError("the run queue is not registered; start the engine in server mode")
     with SetWorkflowID(workflow_id):
         await queue.enqueue_async(agentmill_run, run_id)
+
+
+async def workflow_exists(workflow_id: str) -> bool:
+    return await DBOS.get_workflow_status_async(workflow_id) is not None
 
 
 async def cancel_stale_workflow(workflow_id: str) -> None:
@@ -132,4 +139,22 @@ def launch_dbos(
 def destroy_dbos(executor: RunExecutor | None) -> None:
     if executor in _executors:
         _executors.remove(executor)
+    _queues.clear()
     DBOS.destroy(destroy_registry=False)
+
+
+# approval gates: the row in am_approvals is the truth; these messages only wake the gate
+
+
+async def recv_decision(topic: str, seconds: float) -> Any:
+    """Inside a run's workflow: wait up to `seconds` for a message on `topic`.
+
+    Returns the message, or None on timeout. Holds no thread while waiting, and is safe
+    to cancel (the run being interrupted or cancelled).
+    """
+    return await DBOS.recv_async(topic, timeout_seconds=seconds)
+
+
+async def send_decision(workflow_id: str, topic: str, message: dict[str, Any]) -> None:
+    """Wake a gate waiting in the workflow `workflow_id` (DBOS must be launched here)."""
+    await DBOS.send_async(workflow_id, message, topic)

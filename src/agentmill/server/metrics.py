@@ -59,7 +59,7 @@ class Metrics:
     def observe_event(self, event: EventRecord) -> None:
         """Bus listener: count what an event says about steps."""
         data = event.data
-        if event.kind == "step_finished":
+        if event.kind == "step_finished" and not data.get("gate"):
             model = str(data.get("model") or "unknown")
             self.step_seconds.labels(model).observe(float(data.get("elapsed") or 0.0))
             usage = data.get("usage") or {}

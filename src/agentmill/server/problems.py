@@ -92,7 +92,7 @@ _PROBLEM_SCHEMA = {"content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/sch
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": Problem, "description": _TITLES[status], **_PROBLEM_SCHEMA}
-    for status in (401, 403, 404, 409, 413, 422, 429)
+    for status in (400, 401, 403, 404, 409, 413, 422, 429)
 }
 """Documented on every /v1 route so clients (and schemathesis) know the error shape."""
 

@@ -142,7 +142,11 @@ def _read(path: Path) -> str:
 
 def _parse_yaml(text: str, file: str) -> tuple[Any, _Lines, list[ConfigProblem]]:
     """The document, the line of each node, and duplicate-key problems."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # e.g. a NUL or other control character
+        problem = ConfigProblem(file=file, line=None, message=f"invalid YAML: {exc}")
+        raise ConfigError([problem]) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -155,6 +159,9 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, _Lines, list[ConfigProblem]]
     except yaml.YAMLError as exc:
         problem = ConfigProblem(file=file, line=None, message=f"invalid YAML: {exc}")
         raise ConfigError([problem]) from exc
+    except RecursionError:
+        message = "invalid YAML: nested too deeply to read"
+        raise ConfigError([ConfigProblem(file=file, line=None, message=message)]) from None
     finally:
         loader.dispose()
     return data, _Lines(lines=index.lines, blocks=index.blocks), index.problems

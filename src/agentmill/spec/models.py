@@ -141,8 +141,12 @@ class WorkflowSpec(_Strict):
 
 DEFAULT_CONCURRENCY_KEY = (
     "{{ payload.repository.full_name }}"
-    "#{{ payload.pull_request.number if payload.pull_request else payload.ref }}"
+    "#{{ payload.pull_request.number if payload.pull_request is defined"
+    " else payload.issue.number if payload.issue is defined"
+    " else payload.ref | default(delivery) }}"
 )
+"""Repository and PR (or issue number, or git ref): one active run per pull request or branch.
+Events with none of these get the delivery id, so they never supersede or queue."""
 
 
 class ConcurrencySpec(_Strict):

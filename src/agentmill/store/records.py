@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -100,3 +102,8 @@ class EventRecord:
             "data": self.data,
             "ts": self.ts,
         }
+
+    @functools.cached_property
+    def json_text(self) -> str:
+        """`to_json()` as compact JSON, encoded once however many streams send it."""
+        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)

@@ -159,6 +159,21 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [_run_record(row._mapping) for row in rows]
 
+    async def queued_before(self, created_before: float) -> list[RunRecord]:
+        """Pending runs owned by nobody (queued) since before `created_before`."""
+        query = (
+            sa.select(runs)
+            .where(
+                runs.c.status == str(RunStatus.PENDING),
+                runs.c.owner.is_(None),
+                runs.c.created_at < created_before,
+            )
+            .limit(100)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_run_record(row._mapping) for row in rows]
+
     async def count_by_status(self) -> dict[str, int]:
         query = sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
         async with self.engine.connect() as conn:

@@ -43,7 +43,7 @@ class KeyList(BaseModel):
     items: list[KeyOut]
 
 
-KeyId = Annotated[str, Path(max_length=32)]
+KeyId = Annotated[str, Path(max_length=32, pattern=r"^[A-Za-z0-9]+$", description="A key id")]
 
 
 @router.get("/keys", summary="List this tenant's API keys")

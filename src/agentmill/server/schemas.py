@@ -1,0 +1,244 @@
+"""The JSON documents of the runs and workflows API, built from store records and specs.
+
+Routes return these models; other routes (events, approvals, webhooks) reuse `RunOut` and
+the path parameter types, so a run looks the same wherever it appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from fastapi import Path
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentmill.errors import ConfigProblem
+from agentmill.spec.models import InputSpec, InputType, WorkflowSpec
+from agentmill.store import RunRecord, RunStatus, StepRecord, StepStatus
+
+__all__ = [
+    "ID_PATTERN",
+    "NAME_PATTERN",
+    "ConfigProblemOut",
+    "InputOut",
+    "RetryRequest",
+    "RunDetail",
+    "RunId",
+    "RunList",
+    "RunOut",
+    "RunStart",
+    "StepId",
+    "StepOut",
+    "ValidateRequest",
+    "ValidateResult",
+    "WorkflowList",
+    "WorkflowName",
+    "WorkflowOut",
+    "plan_of",
+]
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""Run ids (and the like) in paths: what the engine generates, nothing a database chokes on."""
+
+NAME_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+"""Workflow and step names from a config file: anything printable."""
+
+RunId = Annotated[str, Path(max_length=64, pattern=ID_PATTERN, description="A run id")]
+StepId = Annotated[
+    str, Path(max_length=200, pattern=NAME_PATTERN, description="A step id of the run's workflow")
+]
+WorkflowName = Annotated[
+    str, Path(max_length=200, pattern=NAME_PATTERN, description="A workflow of the config")
+]
+
+Usage = Mapping[str, int | float]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunOut(_Out):
+    """A run: what was asked, where it stands, what it produced."""
+
+    id: str
+    tenant: str
+    workflow: str
+    status: RunStatus
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] | None = Field(description="The workflow's outputs once it succeeded")
+    error: str | None
+    usage: Usage | None = Field(description="Tokens and requests summed over the run's calls")
+    created_at: float = Field(description="Epoch seconds")
+    started_at: float | None
+    finished_at: float | None
+    parent_run_id: str | None = Field(description="The run this one was retried from")
+    trigger: dict[str, Any] | None = Field(
+        description='Where the run came from, e.g. {"source": "api", "key": "<key id>"}'
+    )
+
+    @classmethod
+    def from_record(cls, run: RunRecord) -> RunOut:
+        return cls(**_run_fields(run))
+
+
+def _run_fields(run: RunRecord) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "tenant": run.tenant,
+        "workflow": run.workflow,
+        "status": run.status,
+        "inputs": run.inputs,
+        "outputs": run.outputs,
+        "error": run.error,
+        "usage": run.usage,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "parent_run_id": run.parent_run_id,
+        "trigger": run.trigger,
+    }
+
+
+class StepOut(_Out):
+    """One call of a step (a `foreach` step has one per item, `index` numbering them)."""
+
+    key: str = Field(description="`step`, or `step[index]` for a foreach item")
+    step_id: str
+    index: int | None
+    status: StepStatus
+    attempt: int
+    output: Any
+    error: str | None
+    usage: Usage | None
+    model: str | None
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_record(cls, step: StepRecord) -> StepOut:
+        return cls(
+            key=step.key,
+            step_id=step.step_id,
+            index=step.item_index,
+            status=step.status,
+            attempt=step.attempt,
+            output=step.output,
+            error=step.error,
+            usage=step.usage,
+            model=step.model,
+            started_at=step.started_at,
+            finished_at=step.finished_at,
+        )
+
+
+class RunDetail(RunOut):
+    """A run with its plan, its recorded step calls and the number of its last event."""
+
+    plan: list[str] = Field(description="The workflow's step ids, in workflow order")
+    steps: list[StepOut]
+    last_seq: int = Field(description="Follow the events after this one to see what comes next")
+
+    @classmethod
+    def from_records(cls, run: RunRecord, steps: list[StepRecord], last_seq: int) -> RunDetail:
+        return cls(
+            **_run_fields(run),
+            plan=plan_of(run),
+            steps=[StepOut.from_record(step) for step in steps],
+            last_seq=last_seq,
+        )
+
+
+def plan_of(run: RunRecord) -> list[str]:
+    """The step ids of the workflow snapshot the run executes, in workflow order."""
+    workflow: dict[str, Any] = run.snapshot.get("workflow", {})
+    return [str(step["id"]) for step in workflow.get("steps", [])]
+
+
+class RunList(_Out):
+    items: list[RunOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page"
+    )
+
+
+class RunStart(_In):
+    """Start a run of a workflow of the server's config."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"workflow": "review", "inputs": {"diff": "..."}}]},
+    )
+
+    workflow: str = Field(max_length=200)
+    inputs: dict[str, Any] = Field(
+        default_factory=dict, description="Values of the workflow's declared inputs"
+    )
+
+
+class RetryRequest(_In):
+    """Re-run a finished run from one step: earlier steps reuse their recorded outputs."""
+
+    from_step: str = Field(max_length=200, description="The first step to run again")
+
+
+class InputOut(_Out):
+    type: InputType
+    required: bool
+    default: Any
+    description: str
+
+    @classmethod
+    def from_spec(cls, spec: InputSpec) -> InputOut:
+        return cls(
+            type=spec.type,
+            required=spec.required,
+            default=spec.default,
+            description=spec.description,
+        )
+
+
+class WorkflowOut(_Out):
+    """A workflow of the server's config: what it takes and the steps it runs."""
+
+    name: str
+    description: str
+    inputs: dict[str, InputOut]
+    steps: list[str] = Field(description="Step ids in workflow order")
+
+    @classmethod
+    def from_spec(cls, name: str, spec: WorkflowSpec) -> WorkflowOut:
+        return cls(
+            name=name,
+            description=spec.description,
+            inputs={key: InputOut.from_spec(value) for key, value in spec.inputs.items()},
+            steps=[step.id for step in spec.steps],
+        )
+
+
+class WorkflowList(_Out):
+    items: list[WorkflowOut]
+
+
+class ValidateRequest(_In):
+    config: str = Field(description="The text of a config file (YAML)")
+
+
+class ConfigProblemOut(_Out):
+    line: int | None = Field(description="1-based line in the posted text, when known")
+    message: str
+    hint: str | None
+
+    @classmethod
+    def from_problem(cls, problem: ConfigProblem) -> ConfigProblemOut:
+        return cls(line=problem.line, message=problem.message, hint=problem.hint)
+
+
+class ValidateResult(_Out):
+    valid: bool
+    problems: list[ConfigProblemOut]

@@ -1,0 +1,152 @@
+"""Server mode: runs through the shared queue, graceful drain, adoption of dead workers' runs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from agentmill.agents.models import override_models
+from agentmill.engine.engine import Engine
+from agentmill.engine.recovery import sweep
+from agentmill.settings import Settings
+from agentmill.spec.loader import load_project_text
+from agentmill.store import RunStatus, StepRecord, StepStatus, Store
+from tests.fakes import ScriptedModel
+
+CHAIN = """
+version: 1
+agents:
+  a: {model: openai:gpt-4o}
+workflows:
+  w:
+    steps:
+      - {id: one, agent: a, prompt: "one"}
+      - {id: two, agent: a, needs: [one], prompt: "two"}
+      - {id: three, agent: a, needs: [two], prompt: "three"}
+"""
+
+
+@pytest.fixture
+async def worker(isolated_settings: Settings) -> Engine:
+    engine = Engine(isolated_settings)
+    await engine.start(serve_workers=2)
+    return engine
+
+
+async def _wait_status(engine: Engine, run_id: str, *wanted: RunStatus) -> None:
+    async with asyncio.timeout(20):
+        while (await engine.store.get_run(run_id)).status not in wanted:
+            await asyncio.sleep(0.05)
+
+
+async def test_a_queued_run_is_executed_by_a_worker(worker: Engine) -> None:
+    project = load_project_text(CHAIN, "w.yaml").spec
+    try:
+        with override_models(ScriptedModel().model):
+            run = await worker.submit(project, "w", {})
+            assert run.owner is None  # queued: whichever worker is free claims it
+            finished = await asyncio.wait_for(worker.wait(run.id), 20)
+    finally:
+        await worker.stop()
+    assert finished.status is RunStatus.SUCCEEDED
+    assert finished.owner == worker.owner.executor_id
+
+
+async def test_shutdown_lets_the_call_in_flight_finish_and_the_next_worker_continues(
+    isolated_settings: Settings,
+) -> None:
+    settings = isolated_settings
+    project = load_project_text(CHAIN, "w.yaml").spec
+    slow = ScriptedModel(latency=0.6)
+    first = Engine(settings)
+    await first.start(serve_workers=2)
+    with override_models(slow.model):
+        run = await first.submit(project, "w", {})
+        async with asyncio.timeout(20):
+            while "one" not in slow.calls:
+                await asyncio.sleep(0.02)
+        await first.stop(grace=5)
+    steps = {s.key: s for s in await _steps(settings, run.id)}
+    assert steps["one"].status is StepStatus.SUCCEEDED  # finished within the grace period
+    assert "two" not in steps  # no new call started while draining
+
+    second = Engine(settings)
+    await second.start(serve_workers=2)
+    try:
+        with override_models(slow.model):
+            await _wait_status(second, run.id, RunStatus.SUCCEEDED)
+    finally:
+        await second.stop()
+    assert slow.calls == ["one", "two", "three"]  # nothing ran twice
+
+
+async def test_recovery_adopts_a_run_whose_worker_stopped_heartbeating(worker: Engine) -> None:
+    project = load_project_text(CHAIN, "w.yaml").spec
+    model = ScriptedModel()
+    try:
+        with override_models(model.model):
+            run = await worker.submit(project, "w", {})
+            await asyncio.wait_for(worker.wait(run.id), 20)
+            # Make it look like a worker on another machine died mid-run.
+            await worker.store.update_run(
+                run.id,
+                status="running",
+                owner="elsewhere-1-dead",
+                owner_host="elsewhere",
+                owner_pid=1,
+                heartbeat_at=time.time() - 60,
+                outputs=None,
+            )
+            await worker.store.update_run(run.id, workflow_id=run.id)
+            await sweep(worker)  # the background sweep may be first; either adopts it once
+            await _wait_status(worker, run.id, RunStatus.SUCCEEDED)
+            assert await sweep(worker) == []
+    finally:
+        await worker.stop()
+    assert model.calls == ["one", "two", "three"]  # checkpoints reused on adoption
+
+
+async def test_recovery_leaves_live_owners_alone(worker: Engine) -> None:
+    project = load_project_text(CHAIN, "w.yaml").spec
+    try:
+        with override_models(ScriptedModel().model):
+            run = await worker.submit(project, "w", {})
+            await asyncio.wait_for(worker.wait(run.id), 20)
+            await worker.store.update_run(
+                run.id, status="running", owner="elsewhere-2-live", heartbeat_at=time.time()
+            )
+            assert await sweep(worker) == []
+    finally:
+        await worker.stop()
+
+
+async def _steps(settings: Settings, run_id: str) -> list[StepRecord]:
+    store = await Store.open(settings.resolved_database_url)
+    try:
+        return await store.steps(run_id)
+    finally:
+        await store.close()
+
+
+async def test_a_run_recorded_but_never_queued_is_queued_by_recovery(worker: Engine) -> None:
+    from agentmill.engine.engine import _new_run
+    from agentmill.engine.plan import build_plan
+
+    project = load_project_text(CHAIN, "w.yaml").spec
+    model = ScriptedModel()
+    # As if the process died between recording the run and queueing it.
+    lost = dataclasses.replace(
+        _new_run(build_plan(project, "w"), {}, config_path=None, tenant="default", owner=None),
+        created_at=time.time() - 120,
+    )
+    try:
+        with override_models(model.model):
+            await worker.store.create_run(lost)
+            await sweep(worker)  # or the background sweep
+            await _wait_status(worker, lost.id, RunStatus.SUCCEEDED)
+    finally:
+        await worker.stop()
+    assert model.calls == ["one", "two", "three"]
