@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import statistics
 import tempfile
 import uuid
@@ -71,3 +72,10 @@ def median(values: list[float]) -> float:
 
 def row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 import httpx
 
 from agentmill.settings import Settings
-from benchmarks._common import postgres_settings, row, sqlite_settings
+from benchmarks._common import free_port, postgres_settings, row, sqlite_settings
 
 HERE = Path(__file__).resolve().parent
 PROJECT = """
@@ -82,17 +81,10 @@ def _serve_floor(port: int, body_file: str) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def _server(settings: Settings, *args: str) -> Generator[str]:
     """A server subprocess on a free port, ready; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "AGENTMILL_HOME": str(settings.home),

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import httpx
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from benchmarks._common import row
+from benchmarks._common import free_port, row
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -131,12 +130,6 @@ def _record(text: str, received: float, samples: Samples) -> None:
 # orchestration
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def _create_key(home: Path) -> str:
     from agentmill.settings import Settings
     from agentmill.store import Store
@@ -230,7 +223,7 @@ async def bench(args: argparse.Namespace) -> Samples:
     with tempfile.TemporaryDirectory(prefix="agentmill-bench-sse-") as tmp:
         home = Path(tmp)
         key = await _create_key(home)
-        port = _free_port()
+        port = free_port()
         server = _start_server(home, port, args.runs, _server_env(home, args))
         try:
             url = f"http://127.0.0.1:{port}"

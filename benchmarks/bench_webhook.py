@@ -16,7 +16,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import httpx
 from agentmill.server.github import sign
 from agentmill.settings import Settings
 from agentmill.store import Store
-from benchmarks._common import fake_model, postgres_settings, row, sqlite_settings
+from benchmarks._common import fake_model, free_port, postgres_settings, row, sqlite_settings
 
 SECRET = "bench-webhook-secret"
 TENANT = "bench"
@@ -71,18 +70,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serving(settings: Settings, workdir: Path) -> Generator[str]:
     """`agentmill serve` (this module with `--serve`: every model is the fake one)."""
     config = workdir / "agentmill.yaml"
     config.write_text(CONFIG)
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMILL_")}
     env |= {
         "AGENTMILL_HOME": str(settings.home),

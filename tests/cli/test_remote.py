@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from agentmill.cli.remote import RemoteClient
 from agentmill.cli.sse import SseFrame, SseParser
 from agentmill.errors import InputError, InvalidStateError, NotFoundError, UserError
 from tests.cli.conftest import RECORDING_CLI, ROOT
+from tests.servers import free_port, wait_ready
 
 SCRIPTED_SERVE = ROOT / "tests" / "fixtures" / "scripted_serve.py"
 
@@ -64,12 +64,6 @@ workflows:
         when: "{{ steps['sign-off'].approved }}"
         prompt: "publish ({{ steps['sign-off'].comment }})"
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _clean_env(home: Path) -> dict[str, str]:
@@ -118,16 +112,7 @@ class Server:
             cwd=self.root, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, start_new_session=True,
         )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.process.poll() is None, self.process.communicate()[1]
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        wait_ready(self.process, self.url)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -159,7 +144,7 @@ def server(
     env["AGENTMILL_HEARTBEAT_INTERVAL"] = "0.5"
     if request.param == "postgres":
         env["AGENTMILL_DATABASE_URL"] = request.getfixturevalue("pg_url")
-    found = Server(root=root, env=env, port=_free_port())
+    found = Server(root=root, env=env, port=free_port())
     found.config.write_text(CONFIG)
     # A tenant of its own: the PostgreSQL database is shared by the whole test session.
     created = found.agentmill("keys", "create", "--tenant", f"t{uuid.uuid4().hex[:8]}")
@@ -413,7 +398,7 @@ def test_server_errors_map_to_the_cli_errors(client: Client) -> None:
 
 def test_an_unreachable_server_names_agentmill_url(tmp_path: Path) -> None:
     env = _clean_env(tmp_path / "home")
-    env["AGENTMILL_URL"] = f"http://127.0.0.1:{_free_port()}"
+    env["AGENTMILL_URL"] = f"http://127.0.0.1:{free_port()}"
     env["AGENTMILL_API_KEY"] = "amk_some_secret"
     result = Client(tmp_path, env).run("runs", "list")
     assert result.returncode == 2

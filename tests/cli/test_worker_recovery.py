@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -13,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.cli.conftest import Cli
+from tests.servers import free_port, wait_ready
 
 WORKFLOW = """
 version: 1
@@ -30,26 +30,12 @@ workflows:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _serve(cli: Cli, config: Path) -> tuple[subprocess.Popen[str], str]:
-    port = _free_port()
+    port = free_port()
     process = cli.start("serve", "--config", str(config), "--port", str(port), recording=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, process.communicate()[1]
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not become ready"
-        time.sleep(0.1)
+    wait_ready(process, url)
+    return process, url
 
 
 def _stop(process: subprocess.Popen[str]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 from agentmill.settings import Settings
 from agentmill.store import RunRecord, RunStatus, StepStatus, Store
 from tests.server.test_events import Frame, FrameReader, parse_frames
+from tests.servers import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDING_CLI = ROOT / "tests" / "fixtures" / "recording_cli.py"
@@ -55,7 +55,7 @@ class ServeProcess:
     port: int = 0
 
     def start(self) -> subprocess.Popen[str]:
-        self.port = _free_port()
+        self.port = free_port()
         command = [sys.executable, str(RECORDING_CLI), "serve", "--config", str(self.config)]
         process = subprocess.Popen(
             [*command, "--port", str(self.port), "--workers", "2"],
@@ -67,23 +67,12 @@ class ServeProcess:
             start_new_session=True,
         )
         self.processes.append(process)
-        self._wait_ready(process)
+        wait_ready(process, self.url)
         return process
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def _wait_ready(self, process: subprocess.Popen[str], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"serve exited with {process.returncode}: {process.stderr.read()}")  # type: ignore[union-attr]
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        pytest.fail(f"serve was not ready within {timeout}s")
 
     def create_key(self) -> str:
         created = subprocess.run(
@@ -111,12 +100,6 @@ class ServeProcess:
                 process.wait(timeout=10)
             if process.stderr is not None:
                 process.stderr.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

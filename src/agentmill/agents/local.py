@@ -16,6 +16,7 @@ Prompts use the GGUF's chat template and `create_chat_completion`'s sampling def
 from __future__ import annotations
 
 import asyncio
+import atexit
 import codecs
 import functools
 import importlib.util
@@ -352,6 +353,8 @@ def _load(path: Path, n_ctx: int) -> _Loaded:
         llama = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), verbose=False)
     except ValueError as error:
         raise MissingDependencyError(f"cannot load model file {path}: {error}") from error
+    # Free the model before interpreter teardown, when llama.cpp's bindings are already gone.
+    atexit.register(llama.close)
     template = llama.metadata.get("tokenizer.chat_template")
     vocab = llama_cpp.llama_model_get_vocab(llama.model)
     if template is None or vocab is None:
