@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     rate_limit: float = Field(default=20.0, gt=0, description="Requests per second per API key")
     rate_burst: int = Field(default=60, gt=0, description="Requests a key may make at once")
     max_streams_per_key: int = Field(default=20, gt=0)
+    metrics_tenant: str = Field(
+        default="default",
+        description="/metrics covers every tenant: only admin keys of this tenant may read it",
+    )
     shutdown_grace: float = Field(
         default=30.0, ge=0, description="Seconds running steps get to finish on shutdown"
     )

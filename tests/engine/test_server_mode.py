@@ -13,7 +13,7 @@ from agentmill.engine.engine import Engine
 from agentmill.engine.recovery import sweep
 from agentmill.settings import Settings
 from agentmill.spec.loader import load_project_text
-from agentmill.store import RunStatus, StepRecord, StepStatus, Store
+from agentmill.store import RunRecord, RunStatus, StepRecord, StepStatus, Store
 from tests.fakes import ScriptedModel
 
 CHAIN = """
@@ -141,6 +141,7 @@ async def test_a_run_recorded_but_never_queued_is_queued_by_recovery(worker: Eng
     lost = dataclasses.replace(
         _new_run(build_plan(project, "w"), {}, config_path=None, tenant="default", owner=None),
         created_at=time.time() - 120,
+        served=True,
     )
     try:
         with override_models(model.model):
@@ -150,3 +151,64 @@ async def test_a_run_recorded_but_never_queued_is_queued_by_recovery(worker: Eng
     finally:
         await worker.stop()
     assert model.calls == ["one", "two", "three"]
+
+
+ONE = """
+version: 1
+agents:
+  a: {model: openai:gpt-4o}
+workflows:
+  w:
+    steps:
+      - {id: one, agent: a, prompt: "one"}
+"""
+
+
+async def _queued_pair(engine: Engine) -> tuple[str, str]:
+    """Two runs sharing a concurrency key in queue mode: the second waits for the first."""
+    project = load_project_text(ONE, "w.yaml").spec
+    first = await engine.submit(project, "w", {}, concurrency_key="k", concurrency_mode="queue")
+    second = await engine.submit(project, "w", {}, concurrency_key="k", concurrency_mode="queue")
+    async with asyncio.timeout(20):
+        while not any(e.kind == "run_queued" for e in await engine.store.events(second.id)):
+            await asyncio.sleep(0.05)
+    return first.id, second.id
+
+
+async def test_cancelling_a_run_waiting_for_its_turn_cancels_it(worker: Engine) -> None:
+    try:
+        with override_models(ScriptedModel(latency=1.0).model):
+            first, second = await _queued_pair(worker)
+            await worker.cancel(second)
+            await _wait_status(worker, second, RunStatus.CANCELLED)
+            await _wait_status(worker, first, RunStatus.SUCCEEDED)
+    finally:
+        await worker.stop()
+
+
+async def test_a_run_waiting_for_its_turn_at_shutdown_is_continued_by_the_next_worker(
+    isolated_settings: Settings,
+) -> None:
+    first_worker = Engine(isolated_settings)
+    await first_worker.start(serve_workers=4)
+    model = ScriptedModel(latency=1.0)
+    with override_models(model.model):
+        first, second = await _queued_pair(first_worker)
+        await first_worker.stop()
+        run = await _run_of(isolated_settings, second)
+        assert (run.status, run.auto_resume) == (RunStatus.INTERRUPTED, True)
+        next_worker = Engine(isolated_settings)
+        await next_worker.start(serve_workers=4)
+        try:
+            await _wait_status(next_worker, first, RunStatus.SUCCEEDED)
+            await _wait_status(next_worker, second, RunStatus.SUCCEEDED)
+        finally:
+            await next_worker.stop()
+
+
+async def _run_of(settings: Settings, run_id: str) -> RunRecord:
+    store = await Store.open(settings.resolved_database_url)
+    try:
+        return await store.get_run(run_id)
+    finally:
+        await store.close()

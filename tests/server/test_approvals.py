@@ -184,3 +184,17 @@ async def _requested(engine: Engine, run_id: str, *, times: int) -> None:
             if kinds.count("approval_requested") == times:
                 return
             await asyncio.sleep(0.05)
+
+
+async def test_the_gate_of_a_cancelled_run_cannot_be_decided(api: Api) -> None:
+    run_id = await start_gated(api)
+    await pending(api.client, run_id, api.auth())
+    assert (await api.post(f"/v1/runs/{run_id}/cancel")).status_code == 202
+    async with asyncio.timeout(20):
+        while (await engine_of(api).store.get_run(run_id, tenant="acme")).status is not (
+            RunStatus.CANCELLED
+        ):
+            await asyncio.sleep(0.05)
+    response = await api.post(f"/v1/runs/{run_id}/approvals/sign-off", json=decision())
+    assert response.status_code == 409
+    assert "is cancelled: nothing waits for this approval" in response.json()["detail"]

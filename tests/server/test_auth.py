@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -98,5 +100,18 @@ async def test_oversized_bodies_are_refused_before_reading(api: Api) -> None:
     limit = api.settings.max_request_bytes
     headers = {**api.auth(role="admin"), "content-type": "application/json"}
     response = await api.client.post("/v1/keys", content=b"x" * (limit + 1), headers=headers)
+    assert response.status_code == 413
+    assert response.json()["type"] == "urn:agentmill:problem:too-large"
+
+
+async def test_a_streamed_body_over_the_limit_is_413_too(api: Api) -> None:
+    limit = api.settings.max_request_bytes
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(limit // 65536 + 2):
+            yield b" " * 65536
+
+    headers = {**api.auth(role="admin"), "content-type": "application/json"}
+    response = await api.client.post("/v1/keys", content=chunks(), headers=headers)
     assert response.status_code == 413
     assert response.json()["type"] == "urn:agentmill:problem:too-large"

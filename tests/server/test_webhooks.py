@@ -505,3 +505,28 @@ async def test_deliveries_are_stored_with_the_settings_tenant(hook: Hook) -> Non
             await conn.execute(sa.select(deliveries).where(deliveries.c.id == hook.id("owned")))
         ).one()
     assert (row.tenant, row.event, row.outcome) == (hook.tenant, "push", "started")
+
+
+def test_long_keys_are_shortened_to_fit_but_stay_distinct() -> None:
+    project = load_project_text(
+        """
+workflows:
+  build:
+    steps: [{id: s, agent: a, prompt: x}]
+agents: {a: {model: openai:gpt-4o}}
+triggers:
+  - github: {events: [push], workflow: build}
+""",
+        "t.yaml",
+    ).spec
+    planned = [
+        plan_runs(project.triggers, Delivery(id="d" * 200, event="push", payload=payload))[0][0]
+        for payload in (
+            {"repository": {"full_name": "o/" + "r" * 150}, "ref": "refs/heads/" + "b" * 200},
+            {"repository": {"full_name": "o/" + "r" * 150}, "ref": "refs/heads/" + "c" * 200},
+        )
+    ]
+    keys = [run.concurrency_key or "" for run in planned]
+    assert all(len(key) <= 300 for key in keys)
+    assert keys[0] != keys[1]
+    assert all(len(run.idempotency_key) <= 200 for run in planned)

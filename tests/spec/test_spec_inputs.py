@@ -161,3 +161,23 @@ def test_null_is_accepted_for_an_input_whose_default_is_null() -> None:
     optional = workflow(note={"type": "string", "default": None})
     assert coerce_inputs(optional, {"note": None}) == {"note": None}
     assert coerce_inputs(optional, {}) == {"note": None}
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "message"),
+    [
+        ("list", [float("nan")], "must be plain JSON: NaN and Infinity are not allowed"),
+        ("object", {"x": float("inf")}, "must be plain JSON: NaN and Infinity are not allowed"),
+        ("list", "[NaN]", "must be plain JSON: NaN and Infinity are not allowed"),
+        ("number", 10**400, "must be a number, got"),
+    ],
+)
+def test_values_that_cannot_be_stored_are_input_errors(
+    kind: str, value: object, message: str
+) -> None:
+    workflow = WorkflowSpec.model_validate(
+        {"inputs": {"x": {"type": kind}}, "steps": [{"id": "s", "agent": "a", "prompt": "p"}]}
+    )
+    with pytest.raises(InputError) as info:
+        coerce_inputs(workflow, {"x": value})
+    assert message in str(info.value)

@@ -244,3 +244,17 @@ def test_unreadable_yaml_is_a_config_error(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_project_text(text, "x.yaml")
     assert info.value.problems[0].message.startswith(message)
+
+
+def test_a_yaml_alias_bomb_in_a_default_is_reported_briefly() -> None:
+    levels = ["      - &a0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"]
+    levels += [f"      - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 8)]
+    text = (
+        "agents: {a: {model: openai:gpt-4o}}\nworkflows:\n  w:\n    inputs:\n"
+        "      big:\n        type: string\n        default:\n"
+        + "\n".join("  " + line for line in levels)
+        + '\n    steps:\n      - {id: s, agent: a, prompt: "x"}\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_project_text(text, "x.yaml")
+    assert len(str(info.value)) < 2000  # 10**8 numbers, shown as a short excerpt

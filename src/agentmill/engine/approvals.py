@@ -227,6 +227,8 @@ async def decide_approval(
     """
     run = await store.get_run(run_id, tenant=tenant)
     approvals = ApprovalStore(store.engine)
+    if run.status.finished:
+        await _refuse_for_finished(approvals, run, step_id, tenant=tenant)
     won = await approvals.decide(
         run_id, step_id, tenant=tenant, approve=approve, comment=comment, by=by
     )
@@ -251,6 +253,21 @@ async def list_approvals(
     if run_id is not None:
         await store.get_run(run_id, tenant=tenant)
     return await ApprovalStore(store.engine).list(tenant=tenant, status=status, run_id=run_id)
+
+
+async def _refuse_for_finished(
+    approvals: ApprovalStore, run: RunRecord, step_id: str, *, tenant: str
+) -> None:
+    """A finished run: say why the decision is refused (decided, expired, or nothing waits)."""
+    row = await approvals.get(run.id, step_id, tenant=tenant)
+    if row is None:
+        raise _not_waiting(run, step_id)
+    if row.status is not ApprovalStatus.PENDING:
+        raise await _refusal(approvals, row)
+    raise InvalidStateError(
+        f"run {run.id} is {run.status}: nothing waits for this approval; "
+        "resume the run first if it should go on"
+    )
 
 
 def _not_waiting(run: RunRecord, step_id: str) -> Exception:

@@ -193,6 +193,7 @@ class Engine:
             idempotency_key=idempotency_key,
             concurrency_key=concurrency_key if concurrency_mode != "allow" else None,
             trigger=trigger,
+            served=self._queued,
         )
         try:
             await self.store.create_run(run)
@@ -239,6 +240,7 @@ class Engine:
             owner=None if self._queued else self.owner,
             parent_run_id=run.id,
             trigger={"source": "retry", "run": run.id, "from_step": from_step},
+            served=self._queued,
         )
         await self.store.create_run(retry)
         await self.store.copy_steps(run.id, retry.id, step_ids=set(steps) - again)
@@ -268,6 +270,7 @@ class Engine:
                 cancel_requested=False,
                 error=None,
                 auto_resume=False,
+                served=self._queued,
                 **(_NO_OWNER if self._queued else self.owner.columns()),
             )
             if not taken:
@@ -276,8 +279,9 @@ class Engine:
         except BaseException:
             self._pending.discard(run_id)
             if taken:  # give the run back as it was
+                now_owner = None if self._queued else self.owner.executor_id
                 await self.store.update_run_if_owner(
-                    run_id, self.owner.executor_id, status=run.status, owner=None
+                    run_id, now_owner, status=run.status, owner=None
                 )
             raise
         return await self.store.get_run(run_id, tenant=tenant)
@@ -389,6 +393,10 @@ class Engine:
     def _executes_here(self, run_id: str) -> bool:
         return self._executor is not None and run_id in self._executor.active
 
+    def executes(self, run_id: str) -> bool:
+        """Whether this process is executing the run, or about to."""
+        return run_id in self._pending or self._executes_here(run_id)
+
     async def _may_progress(self, run_id: str) -> bool:
         if run_id in self._pending or (
             self._executor is not None and run_id in self._executor.active
@@ -429,10 +437,11 @@ class Engine:
         for run_id in await self.store.cancel_requested(mine):
             if run_id in self._executor.active:
                 self._executor.cancel(run_id)
-        # A run whose row names another owner was taken over (our heartbeat lapsed): stop.
-        # (No owner yet: a queued run dequeued here and not claimed yet; not a takeover.)
+        # A run we own whose row names another owner, or none (adopted after our heartbeat
+        # lapsed), was taken over: stop. A queued run not taken yet has no owner either.
+        taken = self._executor.taken
         for run_id, owner in (await self.store.owners(active)).items():
-            if owner is not None and owner != self.owner.executor_id:
+            if owner != self.owner.executor_id and (owner is not None or run_id in taken):
                 self._executor.interrupt(run_id)
         if heartbeat:
             await self.store.heartbeat(mine, owner=self.owner.executor_id)

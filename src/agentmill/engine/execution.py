@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any
 
 from agentmill.engine.drain import Drain
@@ -53,8 +54,8 @@ class RunExecutor:
         self.active: dict[str, asyncio.Task[Any]] = {}
         self._cancelling: set[str] = set()
         self._finishing: set[str] = set()
-        self._waiting: set[str] = set()
-        """Runs queued behind older ones sharing their concurrency key: not claimed, not owned."""
+        self.taken: set[str] = set()
+        """Active runs this process owns in the database (a queued run, once taken)."""
         self.stopping = False
 
     async def execute(self, run_id: str) -> dict[str, Any]:
@@ -69,6 +70,9 @@ class RunExecutor:
         try:
             run = await self._store.get_run_any(run_id)
             emitter = await emitter_for(self._store, self._bus, run_id)
+        except asyncio.CancelledError:
+            await self._give_back(run_id)
+            raise
         except Exception:
             self._pending.discard(run_id)  # nothing will execute it here: followers may stop
             raise
@@ -79,14 +83,16 @@ class RunExecutor:
             return await self._execute(run, emitter)
         except asyncio.CancelledError:
             if run_id not in self._cancelling:
+                await self._give_back(run_id)
                 await self._record_interrupted(run_id, emitter)
                 raise
             _uncancel()
             return await self._record_cancelled(run_id, emitter)
         except Exception as exc:
-            logger.exception("run %s stopped by an unexpected error", run_id)
-            outcome = RunOutcome.failure(f"internal error: {type(exc).__name__}: {exc}")
-            return await self._record_outcome(run_id, outcome, emitter)
+            reference = uuid.uuid4().hex[:12]
+            logger.exception("run %s stopped by an unexpected error (%s)", run_id, reference)
+            error = f"internal error {type(exc).__name__} (reference {reference} in the worker log)"
+            return await self._record_outcome(run_id, RunOutcome.failure(error), emitter)
 
     def cancel(self, run_id: str) -> None:
         """Cancel a run executing here, unless it is already recording its end."""
@@ -96,7 +102,7 @@ class RunExecutor:
 
     def interrupt(self, run_id: str) -> None:
         """Stop executing a run this process no longer owns; its new owner goes on."""
-        if run_id in self.active and run_id not in self._finishing | self._waiting:
+        if run_id in self.active and run_id not in self._finishing:
             logger.warning("run %s was taken over by another process; stopping here", run_id)
             self.active[run_id].cancel()
 
@@ -120,10 +126,15 @@ class RunExecutor:
 
     def _forget(self, run_id: str) -> None:
         self.active.pop(run_id, None)
+        self.taken.discard(run_id)
         self._cancelling.discard(run_id)
         self._finishing.discard(run_id)
 
     async def _execute(self, run: RunRecord, emitter: RunEmitter) -> dict[str, Any]:
+        if not await self._take(run):
+            self._pending.discard(run.id)
+            logger.warning("run %s is no longer this process's to execute", run.id)
+            return {"status": "not-owner"}
         if run.concurrency_key is not None:
             await self._wait_turn(run, emitter)
         checkpoints = {record.key: record for record in await self._store.steps(run.id)}
@@ -156,27 +167,32 @@ class RunExecutor:
         """Queue behind older active runs sharing the run's concurrency key."""
         assert run.concurrency_key is not None
         announced = False
-        self._waiting.add(run.id)
-        try:
-            while ahead := await self._store.active_runs_with_key(
-                run.tenant, run.concurrency_key, before=run.created_at, exclude=run.id
-            ):
-                if not announced:
-                    emitter.emit("run_queued", behind=ahead)
-                    announced = True
-                await asyncio.sleep(_TURN_POLL)
-        finally:
-            self._waiting.discard(run.id)
+        while ahead := await self._store.active_runs_with_key(
+            run.tenant, run.concurrency_key, before=run.created_at, exclude=run.id
+        ):
+            if not announced:
+                emitter.emit("run_queued", behind=ahead)
+                announced = True
+            await asyncio.sleep(_TURN_POLL)
+
+    async def _take(self, run: RunRecord) -> bool:
+        """Own a queued run (still pending) before anything else, so that a cancel, a
+        shutdown or a crash while it waits for its turn is recorded like any other."""
+        mine = run.owner == self._owner.executor_id
+        if not mine and run.owner is None:
+            mine = await self._store.update_run_if_owner(
+                run.id, None, expected_status=RunStatus.PENDING, **self._owner.columns()
+            )
+        if mine:
+            self.taken.add(run.id)
+        return mine
 
     async def _claim(self, run: RunRecord) -> bool:
-        """Take the run if it is still pending and still this process's or nobody's (a queue's).
-
-        A compare-and-set: two workers can never both execute it.
-        """
-        expected = None if run.owner is None else self._owner.executor_id
+        """Start the run if it is still pending and still this process's (compare-and-set):
+        two workers can never both execute it."""
         return await self._store.update_run_if_owner(
             run.id,
-            expected,
+            self._owner.executor_id,
             expected_status=RunStatus.PENDING,
             status=RunStatus.RUNNING,
             started_at=run.started_at or time.time(),
@@ -211,6 +227,10 @@ class RunExecutor:
 
     async def _record_cancelled(self, run_id: str, emitter: RunEmitter) -> dict[str, Any]:
         self._finishing.add(run_id)
+        # Cancelled before it was taken from the queue: take it, so the end is recorded.
+        await self._store.update_run_if_owner(
+            run_id, None, expected_status=RunStatus.PENDING, **self._owner.columns()
+        )
         await record_cancelled(self._store, emitter, owner=self._owner.executor_id)
         return {"status": str(RunStatus.CANCELLED)}
 

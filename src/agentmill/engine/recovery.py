@@ -23,7 +23,7 @@ __all__ = ["recover_forever", "sweep"]
 logger = logging.getLogger("agentmill.engine")
 
 _LOST_AFTER = 30.0
-"""A queued run older than this with no DBOS workflow was never enqueued."""
+"""A run waiting this long for a worker without being in the queue is lost."""
 
 
 async def sweep(engine: Engine) -> list[str]:
@@ -35,7 +35,7 @@ async def sweep(engine: Engine) -> list[str]:
         if not mine:
             return adopted
         for run in await store.recoverable_runs(stale_before=stale_before):
-            if run.owner == engine.owner.executor_id:
+            if engine.executes(run.id):
                 continue  # this process heartbeats its own runs; a stale one is finishing
             if await engine.adopt(run):
                 adopted.append(run.id)
@@ -44,13 +44,15 @@ async def sweep(engine: Engine) -> list[str]:
 
 
 async def _requeue_lost(engine: Engine) -> list[str]:
-    """Queued runs whose enqueue never happened (the process died between recording the
-    run and queueing it): queue them now."""
-    from agentmill.engine.runtime import workflow_exists
+    """Runs waiting for a worker (pending, no owner) whose DBOS workflow is not in the
+    queue: the process died between recording the run and queueing it, or after a worker
+    dequeued it and before it took it. Queue them again; taking a run is a
+    compare-and-set, so a slow worker and the new one cannot both execute it."""
+    from agentmill.engine.runtime import workflow_enqueued
 
     lost: list[str] = []
     for run in await engine.store.queued_before(time.time() - _LOST_AFTER):
-        if not await workflow_exists(run.workflow_id or run.id) and await engine.adopt(run):
+        if not await workflow_enqueued(run.workflow_id or run.id) and await engine.adopt(run):
             lost.append(run.id)
     return lost
 

@@ -32,7 +32,7 @@ __all__ = [
     "launch_dbos",
     "register_run_queue",
     "start_run_workflow",
-    "workflow_exists",
+    "workflow_enqueued",
 ]
 
 logger = logging.getLogger("agentmill.engine")
@@ -97,8 +97,10 @@ async def enqueue_run_workflow(run_id: str, workflow_id: str) -> None:
         await queue.enqueue_async(agentmill_run, run_id)
 
 
-async def workflow_exists(workflow_id: str) -> bool:
-    return await DBOS.get_workflow_status_async(workflow_id) is not None
+async def workflow_enqueued(workflow_id: str) -> bool:
+    """Whether the workflow waits in a queue for a worker."""
+    status = await DBOS.get_workflow_status_async(workflow_id)
+    return status is not None and status.status == "ENQUEUED"
 
 
 async def cancel_stale_workflow(workflow_id: str) -> None:

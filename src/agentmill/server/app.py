@@ -21,7 +21,9 @@ from agentmill.settings import Settings
 from agentmill.spec.loader import LoadedProject
 from agentmill.store.keys import KeyStore
 
-__all__ = ["create_app"]
+__all__ = ["API_PREFIX", "create_app"]
+
+API_PREFIX = "/v1"
 
 _DESCRIPTION = """\
 Start, watch, approve and cancel durable agent workflow runs.
@@ -79,7 +81,7 @@ def create_app(
     app.add_middleware(RequestMetrics)
     app.include_router(ops.router)
     for module in (workflows, runs, events, approvals, webhooks, keys):
-        app.include_router(module.router, prefix="/v1", responses=PROBLEM_RESPONSES)
+        app.include_router(module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
     return app
 
 
@@ -115,4 +117,6 @@ def _record(scope: Scope, status: int, seconds: float) -> None:
     if not isinstance(found, Services) or route is None:
         return
     template = getattr(route, "path", "other")
+    if scope["path"].startswith(API_PREFIX + "/") and not template.startswith(API_PREFIX):
+        template = API_PREFIX + template  # FastAPI keeps the route as declared, unprefixed
     found.metrics.requests.labels(scope["method"], template, str(status)).observe(seconds)

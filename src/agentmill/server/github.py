@@ -157,12 +157,21 @@ def _plan_one(
     key = None
     if mode != "allow":
         # Namespaced by workflow: a review and a lint of the same PR must not cancel each other.
-        key = f"github:{trigger.workflow}:{render(trigger.concurrency.key, context)}"
+        key = _fit(f"github:{trigger.workflow}:{render(trigger.concurrency.key, context)}", 300)
     return PlannedRun(
         trigger=position,
         workflow=trigger.workflow,
         inputs=inputs,
         concurrency_key=key,
         concurrency_mode=mode,
-        idempotency_key=f"github:{delivery_id}:{position}",
+        idempotency_key=_fit(f"github:{delivery_id}:{position}", 200),
     )
+
+
+def _fit(key: str, limit: int) -> str:
+    """`key` as stored: unchanged when short enough, else a prefix and its SHA-256, so
+    long repository names, branches or delivery ids still give distinct keys that fit."""
+    if len(key) <= limit:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{key[: limit - len(digest) - 1]}~{digest}"

@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmill.server.problems import ApiProblem, problem_response
@@ -46,7 +47,9 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise ApiProblem(413, "too-large", _too_large(limit))
+                    # An HTTPException, so FastAPI's body parsing passes it on as a 413
+                    # (it turns any other exception into a 400).
+                    raise HTTPException(413, _too_large(limit))
             return message
 
         await self.app(scope, limited, send)

@@ -88,6 +88,9 @@ _TITLES = {
     503: "Service unavailable",
 }
 
+_SLUGS = {413: "too-large"}
+"""Slugs that must match those of the same problem raised elsewhere."""
+
 _PROBLEM_SCHEMA = {"content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -175,7 +178,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail or _TITLES.get(exc.status_code, "")
         headers = dict(exc.headers) if exc.headers else None
-        slug = _TITLES.get(exc.status_code, "error").lower().replace(" ", "-")
+        slug = _SLUGS.get(exc.status_code) or _TITLES.get(exc.status_code, "error").lower()
+        slug = slug.replace(" ", "-")
         return problem_response(
             exc.status_code, slug, detail, instance=request.url.path, headers=headers
         )

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -86,10 +87,20 @@ def _coerce(spec: InputSpec, value: Any) -> Any:
     if value is None and not spec.required and spec.default is None:
         return None
     if isinstance(value, str):
-        return _PARSERS[spec.type](value)
-    if (problem := type_problem(spec.type, value)) is not None:
+        value = _PARSERS[spec.type](value)
+    elif (problem := type_problem(spec.type, value)) is not None:
         raise ValueError(problem)
+    if spec.type in ("list", "object"):
+        _check_json(value)
     return value
+
+
+def _check_json(value: Any) -> None:
+    """Lists and objects are stored as JSON: NaN and Infinity are not JSON."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError("must be plain JSON: NaN and Infinity are not allowed") from None
 
 
 def _parse_integer(text: str) -> int:
@@ -145,11 +156,25 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 def _is_number(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return math.isfinite(value)
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict = 3, 5, 5
+    short.maxstring, short.maxother, short.maxlong = 80, 80, 40
+    return short
+
+
+_SHORT = _short_repr()
 
 
 def _wrong(kind: str, value: Any) -> str:
-    shown = "null" if value is None else repr(value)
+    # A bounded repr: YAML aliases can make a small file stand for an enormous value.
+    shown = "null" if value is None else _SHORT.repr(value)
     return f"must be {_NAMES[kind]}, got {shown}"
 
 
@@ -170,4 +195,6 @@ def _message(problems: list[str], declared: Mapping[str, InputSpec], name: str |
 def _describe(spec: InputSpec) -> str:
     if spec.required:
         return f"{spec.type}, required"
-    return f"{spec.type}, default {json.dumps(spec.default, default=str)}"
+    default = spec.default
+    shown = _SHORT.repr(default) if isinstance(default, list | dict) else json.dumps(default)
+    return f"{spec.type}, default {shown}"

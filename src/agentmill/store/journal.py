@@ -49,7 +49,7 @@ class Journal:
         self._wake = threading.Event()
         self._events: list[dict[str, Any]] = []
         self._steps: dict[tuple[str, str], dict[str, Any]] = {}
-        self._run_updates: list[dict[str, Any]] = []
+        self._run_updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self._waiters: list[_Waiter] = []
         self._flushing = False
         self._closing = False
@@ -73,7 +73,8 @@ class Journal:
 
     def add_final(self, event: EventRecord, *, expected_owner: str, **values: Any) -> None:
         """Queue a run's last event with its final state: one transaction, and only if
-        `expected_owner` still owns the run (a displaced owner must not overwrite it)."""
+        `expected_owner` still owns the run. A displaced owner writes neither, so its
+        terminal event can never end the followers of the run's new execution."""
         row = {
             k: json.dumps(v) if k in _JSON_FIELDS | {"outputs"} else v for k, v in values.items()
         }
@@ -81,10 +82,8 @@ class Journal:
             row["status"] = str(row["status"])
         row["id"] = event.run_id
         row["expected_owner"] = expected_owner
-        event_row = _event_row(event)
         with self._lock:
-            self._events.append(event_row)
-            self._run_updates.append(row)
+            self._run_updates.append((row, _event_row(event)))
 
     async def commit(self) -> None:
         """Wait until every row queued before this call is committed."""
@@ -164,8 +163,10 @@ class Journal:
             for sql, rows in ((self._step_sql, batch.steps), (self._event_sql, batch.events)):
                 if rows:
                     cursor.executemany(sql, rows)
-            for row in batch.runs:
+            for row, event in batch.runs:
                 cursor.execute(_run_update_sql(dialect, row), row)
+                if cursor.rowcount == 1:
+                    cursor.execute(self._event_sql, event)
             self._connection.commit()
         finally:
             cursor.close()
@@ -199,7 +200,8 @@ def _event_row(event: EventRecord) -> dict[str, Any]:
 class _Batch:
     steps: list[dict[str, Any]]
     events: list[dict[str, Any]]
-    runs: list[dict[str, Any]]
+    runs: list[tuple[dict[str, Any], dict[str, Any]]]
+    """Owner-fenced run updates, each with the terminal event written only if it applies."""
 
 
 def _placeholder(dialect: str, column: str) -> str:

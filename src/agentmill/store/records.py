@@ -62,6 +62,9 @@ class RunRecord:
     """Where the run came from: cli, api (key id) or a webhook delivery."""
     auto_resume: bool = False
     """Interrupted by a server shutdown: the next server worker continues it on its own."""
+    served: bool = False
+    """Executed by server workers (through the shared queue), which adopt it if its worker
+    dies; runs of an embedded engine (the CLI) are resumed by their user instead."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -154,7 +154,12 @@ class Store:
             runs.c.heartbeat_at < stale_before,
         )
         handed_back = sa.and_(runs.c.status == str(RunStatus.INTERRUPTED), runs.c.auto_resume)
-        query = sa.select(runs).where(sa.or_(orphaned, handed_back)).limit(100)
+        query = (
+            sa.select(runs)
+            .where(runs.c.served, sa.or_(orphaned, handed_back))
+            .order_by(runs.c.created_at)
+            .limit(100)
+        )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_run_record(row._mapping) for row in rows]
@@ -166,8 +171,10 @@ class Store:
             .where(
                 runs.c.status == str(RunStatus.PENDING),
                 runs.c.owner.is_(None),
+                runs.c.served,
                 runs.c.created_at < created_before,
             )
+            .order_by(runs.c.created_at)
             .limit(100)
         )
         async with self.engine.connect() as conn:
@@ -272,6 +279,7 @@ def _run_record(row: Any) -> RunRecord:
     data["status"] = RunStatus(data["status"])
     data["cancel_requested"] = bool(data["cancel_requested"])
     data["auto_resume"] = bool(data["auto_resume"])
+    data["served"] = bool(data["served"])
     return RunRecord(**data)
 
 

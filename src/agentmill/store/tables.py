@@ -40,6 +40,7 @@ runs = sa.Table(
     sa.Column("parent_run_id", sa.String(64), nullable=True),
     sa.Column("trigger", sa.JSON, nullable=True),
     sa.Column("auto_resume", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("served", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_am_runs_tenant_created", "tenant", "created_at"),
     sa.Index("ix_am_runs_status", "status"),
     sa.Index("ux_am_runs_idempotency", "tenant", "idempotency_key", unique=True),

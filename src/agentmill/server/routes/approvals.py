@@ -55,7 +55,9 @@ class ApprovalList(BaseModel):
 
 class DecisionIn(BaseModel):
     decision: Literal["approve", "reject"]
-    comment: str | None = Field(default=None, max_length=10_000)
+    comment: str | None = Field(
+        default=None, max_length=10_000, pattern=r"^[^\x00]*$", description="No NUL characters"
+    )
 
 
 @router.get("/approvals", summary="List this tenant's approvals, newest first")

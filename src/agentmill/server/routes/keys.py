@@ -32,7 +32,7 @@ class KeyOut(BaseModel):
 
 class KeyCreate(BaseModel):
     role: Role
-    name: str = Field(default="", max_length=200)
+    name: str = Field(default="", max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
 
 
 class KeyCreated(KeyOut):

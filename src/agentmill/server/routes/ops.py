@@ -44,7 +44,7 @@ async def readyz(request: Request) -> Health:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics (admin key)",
+    summary="Prometheus metrics (admin key of the metrics tenant)",
     response_class=Response,
     responses={
         200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
@@ -53,7 +53,14 @@ async def readyz(request: Request) -> Health:
         429: PROBLEM_RESPONSES[429],
     },
 )
-async def metrics(request: Request, _: Admin) -> Response:
+async def metrics(request: Request, principal: Admin) -> Response:
     app = services(request)
+    if principal.tenant != app.settings.metrics_tenant:
+        raise ApiProblem(
+            403,
+            "forbidden",
+            "metrics cover every tenant: use an admin key of tenant "
+            f"'{app.settings.metrics_tenant}' (set by AGENTMILL_METRICS_TENANT)",
+        )
     body = await app.metrics.render(app.engine.store)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

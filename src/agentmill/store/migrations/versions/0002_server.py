@@ -24,6 +24,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("auto_resume", sa.Boolean, nullable=False, server_default=sa.false())
         )
+        batch.add_column(sa.Column("served", sa.Boolean, nullable=False, server_default=sa.false()))
     op.create_index("ux_am_runs_idempotency", "am_runs", ["tenant", "idempotency_key"], unique=True)
     op.create_index("ix_am_runs_concurrency", "am_runs", ["tenant", "concurrency_key"])
     op.create_table(
