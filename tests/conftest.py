@@ -31,6 +31,28 @@ def _pg_available() -> str | None:
 _PG_SKIP_REASON = _pg_available()
 
 
+def _create_database(name: str, *, template: str | None = None) -> str:
+    import psycopg
+    from psycopg import sql
+
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(statement)
+    return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+
+
+def _drop_database(name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
@@ -38,76 +60,49 @@ def pg_url() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI: {_PG_SKIP_REASON}")
         pytest.skip(_PG_SKIP_REASON)
-    import psycopg
-    from psycopg import sql
-
     name = f"agentmill_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """Settings on SQLite (a file under tmp_path) or on the session's PostgreSQL database."""
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_url")
-        return Settings(home=tmp_path / ".agentmill", database_url=url, heartbeat_interval=0.5)
-    return Settings(home=tmp_path / ".agentmill", heartbeat_interval=0.5)
+    yield _create_database(name)
+    _drop_database(name)
 
 
 @pytest.fixture(scope="session")
 def pg_template(pg_url: str) -> Iterator[str]:
     """A migrated, empty database to copy: a fresh database per test costs one CREATE."""
-    import psycopg
-    from psycopg import sql
-
     from agentmill.store.db import migrate
 
     name = f"{pg_url.rsplit('/', 1)[1]}_template"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    migrate(f"{pg_url.rsplit('/', 1)[0]}/{name}")
+    migrate(_create_database(name))
     yield name
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    _drop_database(name)
 
 
 @pytest.fixture
 def fresh_pg_url(pg_url: str, pg_template: str) -> Iterator[str]:
     """A database of its own for one test: server workers adopt any orphaned run they
     find, so tests of server mode must not share a database with other tests' leftovers."""
-    import psycopg
-    from psycopg import sql
-
     name = f"agentmill_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(pg_template)
-            )
-        )
-    yield f"{pg_url.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    yield _create_database(name, template=pg_template)
+    _drop_database(name)
+
+
+def _settings(request: pytest.FixtureRequest, tmp_path: Path, database: str) -> Settings:
+    home = tmp_path / ".agentmill"
+    if request.param == "postgres":
+        url = request.getfixturevalue(database)
+        return Settings(home=home, database_url=url, heartbeat_interval=0.5)
+    return Settings(home=home, heartbeat_interval=0.5)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings on SQLite (a file under tmp_path) or on the session's PostgreSQL database."""
+    return _settings(request, tmp_path, "pg_url")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def isolated_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     """Like `settings`, but on PostgreSQL with a database of the test's own."""
-    if request.param == "postgres":
-        url = request.getfixturevalue("fresh_pg_url")
-        return Settings(home=tmp_path / ".agentmill", database_url=url, heartbeat_interval=0.5)
-    return Settings(home=tmp_path / ".agentmill", heartbeat_interval=0.5)
+    return _settings(request, tmp_path, "fresh_pg_url")
 
 
 @pytest.fixture
