@@ -48,3 +48,27 @@ def test_plain_view_prints_lines_and_finished_text() -> None:
     assert "a attempt 1 failed: HTTP 503; retrying in 0.5s" in text
     assert "    world" in text
     assert "hello" not in text
+
+
+def test_an_approval_gate_says_how_to_approve_and_who_decided() -> None:
+    console = Console(force_terminal=False, record=True, width=200)
+    with ProgressView(console, step_ids=["sign-off"]) as view:
+        view.handle(_event(1, "step_started", "sign-off", gate=True))
+        view.handle(
+            _event(
+                2,
+                "approval_requested",
+                "sign-off",
+                prompt="Ship it?",
+                expires_at=time.time() + 3600,
+                on_timeout="reject",
+            )
+        )
+        view.handle(_event(3, "approval_decided", "sign-off", status="approved", by="ops-key"))
+        view.handle(_event(4, "step_finished", "sign-off", gate=True, elapsed=1.0))
+    text = console.export_text()
+    assert "sign-off waits for approval: Ship it?" in text
+    assert "agentmill approve r sign-off [--reject]" in text
+    assert "then reject" in text
+    assert "sign-off approved by ops-key" in text
+    assert "tokens" not in text.split("approved by ops-key")[1]

@@ -26,6 +26,7 @@ _STATUS_STYLE = {
     "failed": "bold red",
     "skipped": "dim",
     "blocked": "red",
+    "waiting": "bold yellow",
 }
 _TAIL_LINES = 12
 
@@ -106,8 +107,27 @@ class ProgressView:
         view.tokens += 1
         self._last_text_step = view.key
 
+    def _approval_requested(self, view: _StepView, event: EventRecord) -> None:
+        view.status = "waiting"
+        prompt = str(event.data.get("prompt") or "").strip()
+        expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(event.data.get("expires_at", 0)))
+        self._line(
+            f"[bold yellow]⏸[/] {escape(view.key)} waits for approval"
+            + (f": {escape(prompt)}" if prompt else "")
+            + f"\n    agentmill approve {escape(event.run_id)} {escape(view.key)} [--reject]"
+            + f"  (until {expires}, then {escape(str(event.data.get('on_timeout', 'reject')))})"
+        )
+
+    def _approval_decided(self, view: _StepView, event: EventRecord) -> None:
+        by = event.data.get("by")
+        outcome = str(event.data.get("status", "decided"))
+        decider = f" by {escape(str(by))}" if by else ""
+        self._line(f"[yellow]⏵[/] {escape(view.key)} {escape(outcome)}{decider}")
+
     def _finished(self, view: _StepView, event: EventRecord) -> None:
-        view.status, view.finished = "succeeded", event.ts
+        if event.data.get("gate"):
+            view.status, view.finished = "succeeded", event.ts
+            return  # `_approval_decided` said how
         usage: dict[str, Any] = event.data.get("usage") or {}
         view.tokens = int(usage.get("output_tokens") or view.tokens)
         self._line(
@@ -173,4 +193,6 @@ _HANDLERS = {
     "step_retrying": ProgressView._retrying,
     "step_skipped": ProgressView._skipped,
     "step_blocked": ProgressView._blocked,
+    "approval_requested": ProgressView._approval_requested,
+    "approval_decided": ProgressView._approval_decided,
 }
