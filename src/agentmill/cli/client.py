@@ -168,7 +168,7 @@ class LocalClient:
         return await self.engine.store.get_run(run_id)
 
     async def plan(self, run: RunRecord) -> list[str]:
-        return [step["id"] for step in run.snapshot.get("workflow", {}).get("steps", [])]
+        return run.step_ids
 
     async def steps(self, run_id: str) -> list[StepRecord]:
         return await self.engine.store.steps(run_id)

@@ -29,7 +29,7 @@ from agentmill.engine.events import EventBus
 from agentmill.engine.execution import RunExecutor, emitter_for, record_cancelled
 from agentmill.engine.liveness import Owner, owner_alive
 from agentmill.engine.plan import RunPlan, build_plan, downstream_of
-from agentmill.errors import InvalidStateError, NotFoundError
+from agentmill.errors import InputError, InvalidStateError, NotFoundError
 from agentmill.settings import Settings
 from agentmill.spec.inputs import coerce_inputs
 from agentmill.spec.models import ProjectSpec
@@ -228,9 +228,7 @@ class Engine:
         plan = RunPlan.from_json(run.snapshot)
         steps = [step.id for step in plan.workflow.steps]
         if from_step not in steps:
-            raise NotFoundError(
-                f"run {run_id} has no step {from_step!r} (steps: {', '.join(steps)})"
-            )
+            raise InputError(f"run {run_id} has no step {from_step!r} (steps: {', '.join(steps)})")
         again = downstream_of(plan.workflow, from_step)
         retry = _new_run(
             plan,

@@ -34,7 +34,6 @@ __all__ = [
     "WorkflowList",
     "WorkflowName",
     "WorkflowOut",
-    "plan_of",
 ]
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -147,16 +146,10 @@ class RunDetail(RunOut):
     def from_records(cls, run: RunRecord, steps: list[StepRecord], last_seq: int) -> RunDetail:
         return cls(
             **_run_fields(run),
-            plan=plan_of(run),
+            plan=run.step_ids,
             steps=[StepOut.from_record(step) for step in steps],
             last_seq=last_seq,
         )
-
-
-def plan_of(run: RunRecord) -> list[str]:
-    """The step ids of the workflow snapshot the run executes, in workflow order."""
-    workflow: dict[str, Any] = run.snapshot.get("workflow", {})
-    return [str(step["id"]) for step in workflow.get("steps", [])]
 
 
 class RunList(_Out):

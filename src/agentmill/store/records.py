@@ -66,6 +66,12 @@ class RunRecord:
     """Executed by server workers (through the shared queue), which adopt it if its worker
     dies; runs of an embedded engine (the CLI) are resumed by their user instead."""
 
+    @property
+    def step_ids(self) -> list[str]:
+        """The step ids of the workflow snapshot the run executes, in workflow order."""
+        workflow: dict[str, Any] = self.snapshot.get("workflow", {})
+        return [str(step["id"]) for step in workflow.get("steps", [])]
+
 
 @dataclass(frozen=True, kw_only=True)
 class StepRecord:
