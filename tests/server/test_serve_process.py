@@ -168,16 +168,8 @@ async def test_sigterm_mid_step_finishes_the_step_and_the_next_server_continues(
     serve: ServeProcess, client: httpx.AsyncClient
 ) -> None:
     serve.env |= {"AGENTMILL_TEST_LATENCY": "1.5", "AGENTMILL_SHUTDOWN_GRACE": "20"}
-    first = serve.start()
-    run_id = await _start_run(serve, client)
-    url = f"{serve.url}/v1/runs/{run_id}/events"
-    async with client.stream("GET", url, headers=SSE) as response:
-        reader = FrameReader(response)
-        before = await reader.take(2)
-        assert [f.event for f in before] == ["run_started", "step_started"]
-        first.send_signal(signal.SIGTERM)  # the draft step is in flight
-        before += await reader.take()  # the stream ends at once; the step goes on
-    assert first.wait(timeout=60) == 0
+    run_id, before = await _sigterm_during_first_step(serve, client)
+    assert [f.event for f in before[:2]] == ["run_started", "step_started"]
     assert "run_finished" not in {f.event for f in before}
 
     run, steps = await _recorded(serve, run_id)
@@ -230,15 +222,7 @@ async def test_a_step_cut_off_by_shutdown_runs_again_marked_as_superseding(
     serve: ServeProcess, client: httpx.AsyncClient
 ) -> None:
     serve.env |= {"AGENTMILL_TEST_LATENCY": "1.0", "AGENTMILL_SHUTDOWN_GRACE": "0"}
-    first = serve.start()
-    run_id = await _start_run(serve, client)
-    url = f"{serve.url}/v1/runs/{run_id}/events"
-    async with client.stream("GET", url, headers=SSE) as response:
-        reader = FrameReader(response)
-        before = await reader.take(2)
-        first.send_signal(signal.SIGTERM)  # no grace: the draft call is cut off
-        before += await reader.take()
-    assert first.wait(timeout=60) == 0
+    run_id, before = await _sigterm_during_first_step(serve, client)
 
     serve.start()
     after = await _follow_to_the_end(client, f"{serve.url}/v1/runs/{run_id}/events", before)
@@ -248,3 +232,20 @@ async def test_a_step_cut_off_by_shutdown_runs_again_marked_as_superseding(
     assert starts[:2] == [(1, {}), (2, {"supersedes": 1})]
     assert frames[-1].data["data"]["outputs"] == {"polish": "done polish done draft hello"}
     assert serve.calls() == {"draft hello": 2, "polish done draft hello": 1}
+
+
+async def _sigterm_during_first_step(
+    serve: ServeProcess, client: httpx.AsyncClient
+) -> tuple[str, list[Frame]]:
+    """Start a server and a run, SIGTERM the server while the first step is in flight;
+    returns the run and the frames its stream gave until the server stopped (exit 0)."""
+    first = serve.start()
+    run_id = await _start_run(serve, client)
+    url = f"{serve.url}/v1/runs/{run_id}/events"
+    async with client.stream("GET", url, headers=SSE) as response:
+        reader = FrameReader(response)
+        before = await reader.take(2)  # run_started, step_started: the first step is running
+        first.send_signal(signal.SIGTERM)
+        before += await reader.take()  # the stream ends at once; the server drains
+    assert first.wait(timeout=60) == 0
+    return run_id, before
