@@ -396,9 +396,7 @@ class Engine:
         return run_id in self._pending or self._executes_here(run_id)
 
     async def _may_progress(self, run_id: str) -> bool:
-        if run_id in self._pending or (
-            self._executor is not None and run_id in self._executor.active
-        ):
+        if self.executes(run_id):
             return True
         run = await self.store.get_run_any(run_id)
         if run.owner == self.owner.executor_id:
