@@ -17,6 +17,9 @@ SCRIPTS = [
     "bench_webhook",
     "bench_sse",
     "bench_api",
+    "bench_cache",
+    "bench_budget",
+    "bench_ratelimit",
 ]
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -110,12 +111,34 @@ def sqlite_settings(tmp_path: Path) -> Settings:
     return Settings(home=tmp_path / ".agentmill", heartbeat_interval=0.5)
 
 
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[Engine]:
-    """A started engine with workers (DBOS launched), stopped after the test."""
+@contextlib.asynccontextmanager
+async def started_engine(settings: Settings) -> AsyncGenerator[Engine]:
+    """An engine with workers (DBOS launched), stopped when the block ends."""
     engine = Engine(settings)
     await engine.start()
     try:
         yield engine
     finally:
         await engine.stop()
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[Engine]:
+    """A started engine with workers (DBOS launched), stopped after the test."""
+    async with started_engine(settings) as started:
+        yield started
+
+
+@pytest.fixture
+async def sqlite_engine(sqlite_settings: Settings) -> AsyncIterator[Engine]:
+    """A started engine on SQLite only, for tests whose subject is not the database."""
+    async with started_engine(sqlite_settings) as started:
+        yield started
+
+
+@pytest.fixture
+async def isolated_engine(isolated_settings: Settings) -> AsyncIterator[Engine]:
+    """A started engine on a database of the test's own (SQLite or PostgreSQL), for tests
+    that count rows across the whole database."""
+    async with started_engine(isolated_settings) as started:
+        yield started

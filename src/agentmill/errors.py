@@ -18,7 +18,10 @@ cancelled run is recorded as cancelled, an interrupted one stays resumable.
         ├── StepFailed              -- an agent step raised; carries step id and attempts
         ├── StepTimeout             -- an agent step went past its timeout
         ├── TemplateRenderError     -- a prompt/when/foreach template failed at run time
-        └── ProviderError           -- the model provider failed (transient or not)
+        ├── ProviderError           -- the model provider failed (transient or not)
+        └── PolicyRefusal           -- a guard refused the call; never retried
+            ├── BudgetExceeded      -- names the budget level, its limit and the spend
+            └── GuardBlocked        -- prompt-injection screen or a size limit
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from dataclasses import dataclass
 
 __all__ = [
     "AgentmillError",
+    "BudgetExceeded",
     "ConfigError",
     "ConfigProblem",
+    "GuardBlocked",
     "InputError",
     "InvalidStateError",
     "MissingCredentialError",
     "MissingDependencyError",
     "NotFoundError",
+    "PolicyRefusal",
     "ProviderError",
     "RunFailure",
     "StepFailed",
@@ -128,8 +134,43 @@ class TemplateRenderError(RunFailure):
 
 
 class ProviderError(RunFailure):
-    """A model provider that failed; `transient` says whether a retry may help."""
+    """A model provider that failed; `transient` says whether a retry may help, and
+    `retry_after` how long the provider asked to wait (its Retry-After), if it said."""
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, retry_after: float | None = None) -> None:
         self.transient = transient
+        self.retry_after = retry_after
         super().__init__(message)
+
+
+class PolicyRefusal(RunFailure):
+    """A guard refused an agent call (budget, injection screen, size limit): the step
+    fails at once; retrying would be refused again."""
+
+
+class BudgetExceeded(PolicyRefusal):
+    """A call whose worst-case cost does not fit a budget level."""
+
+    def __init__(
+        self, *, level: str, unit: str, limit: float, spent: float, reserved: float, needed: float
+    ) -> None:
+        self.level = level
+        self.unit = unit
+        self.limit = limit
+        self.spent = spent
+        self.reserved = reserved
+        self.needed = needed
+        super().__init__(
+            f"budget exceeded: {level} allows {_amount(unit, limit)},"
+            f" {_amount(unit, spent)} spent and {_amount(unit, reserved)} reserved by calls in"
+            f" flight; this call may cost up to {_amount(unit, needed)}."
+            " Raise the budget or lower the agent's max_tokens"
+        )
+
+
+def _amount(unit: str, value: float) -> str:
+    return f"${value:.4f}" if unit == "usd" else f"{value:,.0f} tokens"
+
+
+class GuardBlocked(PolicyRefusal):
+    """A call refused by a guard: injection screen (names the pattern) or a size limit."""

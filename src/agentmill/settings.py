@@ -6,12 +6,14 @@ Library code receives a `Settings` object; entry points (CLI, server) build it o
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "credential_present", "credential_value"]
+__all__ = ["Settings", "credential_present", "credential_value", "secret_values"]
 
 
 class Settings(BaseSettings):
@@ -32,6 +34,16 @@ class Settings(BaseSettings):
     event_flush_interval: float = Field(default=0.05, gt=0)
     log_level: str = "WARNING"
     log_json: bool = False
+
+    # response cache (opt-in per agent); entries are signed with this secret
+    cache_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key for cache entries; generate one with "
+        "`python -c 'import secrets; print(secrets.token_hex(32))'`",
+    )
+    cache_max_bytes: int = Field(
+        default=256 * 1024 * 1024, gt=0, description="Size bound of the response cache"
+    )
 
     # client: with both set, the CLI talks to a server instead of running the engine
     url: str | None = Field(default=None, description="Base URL of an `agentmill serve`")
@@ -77,3 +89,34 @@ def credential_present(env_var: str) -> bool:
 def credential_value(env_var: str) -> str | None:
     """An API key for a provider client; callers must never log or echo it."""
     return os.environ.get(env_var) or None
+
+
+_SECRET_VARIABLE = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|_PAT|CREDENTIALS?)$")
+"""Names of environment variables holding credentials: OPENAI_API_KEY, GITHUB_TOKEN, ..."""
+
+
+def secret_values(settings: Settings | None = None) -> list[str]:
+    """Values no log line may show: every secret setting (and the database password) of
+    `settings`, and the values of credential-like environment variables (`*_API_KEY`,
+    `*_TOKEN`, `*_SECRET`, `*_PASSWORD`, ...). For the log redaction filter only."""
+    values = [
+        value
+        for name, value in os.environ.items()
+        if value and _SECRET_VARIABLE.search(name.upper())
+    ]
+    if settings is not None:
+        for name in type(settings).model_fields:
+            value = getattr(settings, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                values.append(value.get_secret_value())
+        if settings.database_url:
+            values.extend(_url_password(settings.database_url))
+    return values
+
+
+def _url_password(url: str) -> list[str]:
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # a malformed URL: its own error is reported where it is used
+        return []
+    return [password] if password else []

@@ -46,6 +46,7 @@ def test_run_json_result_has_the_documented_shape(cli: Cli) -> None:
         "created_at",
         "started_at",
         "finished_at",
+        "cost",
         "steps",
     }
     assert data["status"] == "succeeded"
@@ -64,8 +65,13 @@ def test_run_json_result_has_the_documented_shape(cli: Cli) -> None:
         "elapsed",
         "error",
         "output",
+        "cost_usd",
+        "details",
     }
     assert first["usage"]["requests"] == 1
+    assert first["cost_usd"] > 0
+    assert data["cost"]["calls"] == 2
+    assert data["cost"]["complete"] is True
     assert first["usage"]["output_tokens"] > 0
 
 

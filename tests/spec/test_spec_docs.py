@@ -33,6 +33,17 @@ def test_complete_example_loads() -> None:
     ]
 
 
+def test_policies_example_loads() -> None:
+    spec = load_project_text(block("policies-example"), "agentmill.yaml").spec
+    reviewer = spec.agents["reviewer"]
+    assert reviewer.fallback == ["cheap", "house"]
+    assert reviewer.cache is not None
+    assert reviewer.cache.ttl == 3600
+    assert spec.workflows["review"].guard.injection == "block"
+    assert spec.limits["openai"].concurrency == 8
+    assert spec.breaker.reset == 30
+
+
 def test_bad_example_gives_the_documented_output() -> None:
     with pytest.raises(ConfigError) as info:
         load_project_text(block("bad-example"), "agentmill.yaml")

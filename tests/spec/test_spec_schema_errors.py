@@ -54,9 +54,11 @@ def test_unknown_keys_get_typo_suggestions(tmp_path: Path) -> None:
 
 
 def test_unknown_key_without_a_close_match_lists_allowed_keys(tmp_path: Path) -> None:
-    problem = problems_of(tmp_path, "workflows:\n  w:\n    budget: {usd: 2}\n    steps: []\n")[0]
-    assert (problem.line, problem.message) == (3, "unknown key 'budget' in workflow 'w'")
-    assert problem.hint == "allowed keys: description, inputs, steps, concurrency, outputs"
+    problem = problems_of(tmp_path, "workflows:\n  w:\n    timeout: 5m\n    steps: []\n")[0]
+    assert (problem.line, problem.message) == (3, "unknown key 'timeout' in workflow 'w'")
+    assert problem.hint == (
+        "allowed keys: description, inputs, steps, concurrency, outputs, budget, guard"
+    )
 
 
 def test_features_not_built_yet_are_unknown_keys(tmp_path: Path) -> None:

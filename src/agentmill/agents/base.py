@@ -24,6 +24,8 @@ class StepRequest:
     index: int | None = None
     """Item index within a `foreach` step, else None."""
     attempt: int = 1
+    untrusted: tuple[tuple[str, str], ...] = ()
+    """Untrusted text the prompt includes, as (source, text): e.g. ("inputs.body", ...)."""
 
     @property
     def key(self) -> str:
@@ -71,6 +73,10 @@ class StepResult:
     output: Any
     model: str
     usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    """What the call cost; None when the model's price is unknown (never shown as zero)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """What the policies did, as JSON: `cached`, `fallback`, `guard` ... (see docs/policies.md)."""
 
 
 class StepContext(Protocol):

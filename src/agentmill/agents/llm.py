@@ -7,10 +7,13 @@ which validates the output and asks the model again when it does not fit.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from agentmill.agents.base import Agent, StepContext, StepRequest, StepResult, Usage
 from agentmill.agents.errors import map_provider_errors
+from agentmill.agents.pricing import cost_usd
+from agentmill.spec.models import ModelPrice
 
 if TYPE_CHECKING:
     from pydantic_ai.models import Model
@@ -32,18 +35,33 @@ class LLMAgent(Agent):
         max_tokens: int | None = None,
         temperature: float | None = None,
         output_schema: dict[str, Any] | None = None,
+        price: ModelPrice | None = None,
     ) -> None:
         self._model = model
-        self._label = label
-        self._instructions = instructions
+        self.label = label
+        """`provider:name[@url]`, as shown in results and used for prices and limits."""
+        self.instructions = instructions
+        self.max_tokens = max_tokens
+        self.price = price
         self._settings = _model_settings(max_tokens, temperature)
         self._output_schema = output_schema
 
+    def identity(self) -> dict[str, Any]:
+        """Everything besides the prompt that decides the response (for cache keys)."""
+        return {
+            "model": self.label,
+            "instructions": self.instructions,
+            "settings": dict(self._settings),
+            "output_schema": self._output_schema,
+        }
+
     async def run(self, request: StepRequest, context: StepContext) -> StepResult:
-        with map_provider_errors(self._label):
+        with map_provider_errors(self.label):
             if self._output_schema is not None:
-                return await self._run_structured(request.prompt)
-            return await self._run_text(request.prompt, context)
+                result = await self._run_structured(request.prompt)
+            else:
+                result = await self._run_text(request.prompt, context)
+        return replace(result, cost_usd=cost_usd(self.label, result.usage, self.price))
 
     async def _run_text(self, prompt: str, context: StepContext) -> StepResult:
         from pydantic_ai.direct import model_request_stream
@@ -55,7 +73,7 @@ class LLMAgent(Agent):
             TextPartDelta,
         )
 
-        message = ModelRequest.user_text_prompt(prompt, instructions=self._instructions or None)
+        message = ModelRequest.user_text_prompt(prompt, instructions=self.instructions or None)
         async with model_request_stream(
             self._model, [message], model_settings=self._settings
         ) as stream:
@@ -70,7 +88,7 @@ class LLMAgent(Agent):
                     await context.emit_text(text)
             response = stream.get()
         return StepResult(
-            output=response.text or "", model=self._label, usage=_request_usage(response.usage)
+            output=response.text or "", model=self.label, usage=_request_usage(response.usage)
         )
 
     async def _run_structured(self, prompt: str) -> StepResult:
@@ -81,11 +99,11 @@ class LLMAgent(Agent):
         agent = PydanticAgent(
             self._model,
             output_type=StructuredDict(self._output_schema),
-            instructions=self._instructions or None,
+            instructions=self.instructions or None,
             model_settings=self._settings,
         )
         result = await agent.run(prompt)
-        return StepResult(output=result.output, model=self._label, usage=_run_usage(result.usage))
+        return StepResult(output=result.output, model=self.label, usage=_run_usage(result.usage))
 
 
 def _model_settings(max_tokens: int | None, temperature: float | None) -> ModelSettings:

@@ -10,7 +10,7 @@ import importlib.util
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agentmill.errors import MissingCredentialError, MissingDependencyError, UserError
 from agentmill.settings import credential_present, credential_value
@@ -18,6 +18,7 @@ from agentmill.spec.models import ModelEndpoint
 
 if TYPE_CHECKING:
     from pydantic_ai.models import Model
+    from pydantic_ai.providers import Provider
 
 __all__ = ["check_model", "model_label", "override_models", "resolve_model"]
 
@@ -124,7 +125,12 @@ def _check_package(provider: str, info: _Provider) -> None:
 
 
 def resolve_model(ref: str | ModelEndpoint) -> Model:
-    """The pydantic-ai model for a reference (call `check_model` first for clear errors)."""
+    """The pydantic-ai model for a reference (call `check_model` first for clear errors).
+
+    OpenAI and Anthropic clients (also behind Ollama and other OpenAI-compatible servers) are
+    built with the SDK's own retries off: agentmill's retry policy (`policy/retry.py`) is the
+    only one, so a Retry-After is waited once and every request is counted by the breaker.
+    """
     if _override:
         return _override[-1](model_label(ref))
     if isinstance(ref, ModelEndpoint):
@@ -135,24 +141,65 @@ def resolve_model(ref: str | ModelEndpoint) -> Model:
         return load_local_model(ref)
     from pydantic_ai.models import infer_model
 
+    if ref.split(":", 1)[0] in _SDK_RETRIES_OFF:
+        return infer_model(ref, provider_factory=_provider_without_sdk_retries)
     return infer_model(ref)
+
+
+_SDK_RETRIES_OFF = frozenset({"openai", "anthropic", "ollama"})
+"""Providers whose SDK retries by itself; their clients are built with `max_retries=0`."""
+
+
+def _provider_without_sdk_retries(name: str) -> Provider[Any]:
+    """pydantic-ai's provider for `name` (one of `_SDK_RETRIES_OFF`), with SDK retries off."""
+    if name == "openai":
+        return _openai_provider(None, credential_value("OPENAI_API_KEY"))
+    if name == "anthropic":
+        return _anthropic_provider(None, credential_value("ANTHROPIC_API_KEY"))
+    if name == "ollama":
+        from openai import AsyncOpenAI
+        from pydantic_ai.providers.ollama import OllamaProvider
+
+        base_url = credential_value("OLLAMA_BASE_URL")
+        if base_url is None:
+            raise UserError("ollama models need OLLAMA_BASE_URL, e.g. http://127.0.0.1:11434/v1")
+        api_key = credential_value("OLLAMA_API_KEY") or "not-needed"
+        client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+        return OllamaProvider(openai_client=client)
+    raise ValueError(f"no SDK client without retries for provider {name!r}")
+
+
+def _openai_provider(base_url: str | None, api_key: str | None) -> Provider[Any]:
+    from openai import AsyncOpenAI
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+    return OpenAIProvider(openai_client=client)
+
+
+def _anthropic_provider(base_url: str | None, api_key: str | None) -> Provider[Any]:
+    from anthropic import AsyncAnthropic
+    from pydantic_ai.providers.anthropic import AnthropicProvider
+
+    client = AsyncAnthropic(base_url=base_url, api_key=api_key, max_retries=0)
+    return AnthropicProvider(anthropic_client=client)
 
 
 def _endpoint_model(ref: ModelEndpoint) -> Model:
     api_key = credential_value(ref.api_key_env) if ref.api_key_env else None
     if ref.provider == "openai":
         from pydantic_ai.models.openai import OpenAIChatModel
-        from pydantic_ai.providers.openai import OpenAIProvider
 
-        provider = OpenAIProvider(base_url=ref.base_url, api_key=api_key or "not-needed")
-        return OpenAIChatModel(ref.name, provider=provider)
+        if ref.base_url is not None:
+            api_key = api_key or "not-needed"
+        else:
+            api_key = api_key or credential_value("OPENAI_API_KEY")
+        return OpenAIChatModel(ref.name, provider=_openai_provider(ref.base_url, api_key))
     if ref.provider == "anthropic":
         from pydantic_ai.models.anthropic import AnthropicModel
-        from pydantic_ai.providers.anthropic import AnthropicProvider
 
-        return AnthropicModel(
-            ref.name, provider=AnthropicProvider(api_key=api_key, base_url=ref.base_url)
-        )
+        api_key = api_key or credential_value("ANTHROPIC_API_KEY")
+        return AnthropicModel(ref.name, provider=_anthropic_provider(ref.base_url, api_key))
     from pydantic_ai.models import infer_model
 
     return infer_model(f"{ref.provider}:{ref.name}")

@@ -6,21 +6,34 @@ import functools
 import logging
 
 from agentmill.agents.base import Usage
+from agentmill.spec.models import ModelPrice
 
-__all__ = ["cost_usd"]
+__all__ = ["cost_usd", "price_known"]
 
 logger = logging.getLogger("agentmill.agents")
 
 
-def cost_usd(model: str | None, usage: Usage) -> float | None:
-    """The price of `usage` on `model` (`provider:name[@url]`), or None when unknown
-    (local models, custom endpoints, models missing from the table)."""
-    if not model or ":" not in model or (usage.input_tokens == 0 and usage.output_tokens == 0):
+def cost_usd(model: str | None, usage: Usage, price: ModelPrice | None = None) -> float | None:
+    """The price of `usage` on `model` (`provider:name[@url]`): from `price` when given,
+    zero for the embedded local model, else from `genai-prices`; None when unknown
+    (custom endpoints without a price, test models, models missing from the table)."""
+    if price is not None:
+        return (usage.input_tokens * price.input + usage.output_tokens * price.output) / 1e6
+    if not model or ":" not in model:
         return None
     provider, _, name = model.partition(":")
-    if provider in {"local", "test"} or "@" in name:
+    if provider == "local":
+        return 0.0
+    if provider == "test" or "@" in name:
         return None
+    if usage.input_tokens == 0 and usage.output_tokens == 0:
+        return 0.0 if price_known(model) else None
     return _price(provider, name, usage.input_tokens, usage.output_tokens, usage.cache_read_tokens)
+
+
+def price_known(model: str, price: ModelPrice | None = None) -> bool:
+    """Whether calls of `model` can be priced (so a dollar budget can be enforced)."""
+    return cost_usd(model, Usage(input_tokens=1000, output_tokens=1000), price) is not None
 
 
 @functools.lru_cache(maxsize=4096)

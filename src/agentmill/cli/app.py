@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from agentmill.cli import keys_cmd, runs_cmd
+from agentmill.cli import cache_cmd, keys_cmd, runs_cmd
 from agentmill.cli.exits import EXIT_USAGE, run_command
 
 __all__ = ["app", "main"]
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(cache_cmd.app, name="cache")
 
 
 @app.command()
@@ -58,6 +59,14 @@ def run(
         typer.Option("--input", "-i", help="name=value, or name=@file to read a file"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON result only")] = False,
+    budget_usd: Annotated[
+        float | None,
+        typer.Option(help="Budget of this run in US dollars (replaces the workflow's)"),
+    ] = None,
+    budget_tokens: Annotated[
+        int | None,
+        typer.Option(help="Budget of this run in tokens, input + output (replaces the workflow's)"),
+    ] = None,
 ) -> None:
     """Run a workflow, showing its steps and streamed output live.
 
@@ -66,7 +75,16 @@ def run(
     """
     from agentmill.cli.run_cmd import run_workflow
 
-    run_command(lambda: run_workflow(file, workflow, inputs or [], as_json=as_json))
+    run_command(
+        lambda: run_workflow(
+            file,
+            workflow,
+            inputs or [],
+            as_json=as_json,
+            budget_usd=budget_usd,
+            budget_tokens=budget_tokens,
+        )
+    )
 
 
 @app.command()
@@ -99,6 +117,27 @@ def approve(
     from agentmill.cli.approve_cmd import decide_approval
 
     run_command(lambda: decide_approval(run_id, step, not reject, comment))
+
+
+@app.command()
+def costs(
+    by: Annotated[str, typer.Option("--by", help="Group by `workflow` or `tenant`")] = "workflow",
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only calls in this window, e.g. 24h, 30d")
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", help="Only this tenant (local database)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Show what model calls cost, per workflow or per tenant (unknown prices never as $0)."""
+    from agentmill.cli.costs_cmd import show_costs
+
+    if by not in {"workflow", "tenant"}:
+        typer.echo(f"--by must be workflow or tenant, got {by!r}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    group = "tenant" if by == "tenant" else "workflow"
+    run_command(lambda: show_costs(group, since, tenant, as_json))
 
 
 @app.command()

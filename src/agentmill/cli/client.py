@@ -19,9 +19,10 @@ from agentmill.errors import InvalidStateError, UserError
 if TYPE_CHECKING:
     from agentmill.engine.engine import Engine
     from agentmill.settings import Settings
-    from agentmill.spec.models import ProjectSpec
-    from agentmill.store import EventRecord, RunRecord, RunStatus, StepRecord
+    from agentmill.spec.models import BudgetSpec, ProjectSpec
+    from agentmill.store import CostSummary, EventRecord, RunRecord, RunStatus, StepRecord
     from agentmill.store.approvals import ApprovalRecord
+    from agentmill.store.costs import CostGroup
 
 __all__ = [
     "LocalClient",
@@ -50,8 +51,15 @@ class RunsClient(Protocol):
     """What the commands need from wherever runs live."""
 
     async def start(
-        self, source: RunSource, workflow: str, inputs: dict[str, str]
-    ) -> RunRecord: ...
+        self,
+        source: RunSource,
+        workflow: str,
+        inputs: dict[str, str],
+        *,
+        budget: BudgetSpec | None = None,
+    ) -> RunRecord:
+        """Start a run; `budget` replaces the workflow's per-run budget."""
+        ...
 
     async def get_run(self, run_id: str) -> RunRecord: ...
 
@@ -76,6 +84,12 @@ class RunsClient(Protocol):
     async def resume(self, run_id: str) -> RunRecord: ...
 
     async def cancel(self, run_id: str) -> RunRecord: ...
+
+    async def costs(
+        self, *, group_by: CostGroup, since: float | None, tenant: str | None
+    ) -> list[CostSummary]:
+        """Spend per workflow or tenant of calls finished since `since`."""
+        ...
 
     async def decide(
         self, run_id: str, step_id: str, *, approve: bool, comment: str | None, by: str
@@ -157,11 +171,18 @@ class LocalClient:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def start(self, source: RunSource, workflow: str, inputs: dict[str, str]) -> RunRecord:
+    async def start(
+        self,
+        source: RunSource,
+        workflow: str,
+        inputs: dict[str, str],
+        *,
+        budget: BudgetSpec | None = None,
+    ) -> RunRecord:
         if source.project is None:
             raise InvalidStateError("a local run needs its config file")
         return await self.engine.submit(
-            source.project, workflow, inputs, config_path=source.config_path
+            source.project, workflow, inputs, config_path=source.config_path, budget=budget
         )
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -193,6 +214,15 @@ class LocalClient:
 
     async def cancel(self, run_id: str) -> RunRecord:
         return await self.engine.cancel(run_id)
+
+    async def costs(
+        self, *, group_by: CostGroup, since: float | None, tenant: str | None
+    ) -> list[CostSummary]:
+        from agentmill.store import cost_totals
+
+        return await cost_totals(
+            self.engine.store.engine, group_by=group_by, tenant=tenant, since=since
+        )
 
     async def decide(
         self, run_id: str, step_id: str, *, approve: bool, comment: str | None, by: str

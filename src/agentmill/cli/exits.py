@@ -55,10 +55,12 @@ def run_command(body: Body) -> None:
     from rich.markup import escape
 
     from agentmill.logs import configure_logging
-    from agentmill.settings import Settings
+    from agentmill.settings import Settings, secret_values
 
     settings = Settings()
-    configure_logging(settings.log_level, as_json=settings.log_json)
+    configure_logging(
+        settings.log_level, as_json=settings.log_json, secrets=secret_values(settings)
+    )
     try:
         result = body()
         if asyncio.iscoroutine(result):

@@ -29,11 +29,20 @@ from agentmill.errors import (
     UserError,
 )
 from agentmill.settings import Settings
-from agentmill.store import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
+from agentmill.store import (
+    CostSummary,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+)
 from agentmill.store.approvals import ApprovalRecord, ApprovalStatus
+from agentmill.store.costs import CostGroup
 
 if TYPE_CHECKING:
     from agentmill.cli.client import RunSource
+    from agentmill.spec.models import BudgetSpec
 
 __all__ = ["RemoteClient", "ServerUnreachable"]
 
@@ -104,6 +113,17 @@ def step_from_json(run_id: str, body: dict[str, Any]) -> StepRecord:
         model=body.get("model"),
         started_at=body.get("started_at"),
         finished_at=body.get("finished_at"),
+        cost_usd=body.get("cost_usd"),
+        details=body.get("details"),
+    )
+
+
+def cost_from_json(body: dict[str, Any]) -> CostSummary:
+    return CostSummary(
+        usd=float(body["usd"]),
+        calls=int(body["calls"]),
+        unpriced_calls=int(body["unpriced_calls"]),
+        group=body.get("group"),
     )
 
 
@@ -252,9 +272,18 @@ class RemoteClient:
     async def _detail(self, run_id: str) -> dict[str, Any]:
         return await self._call("GET", _runs(run_id))
 
-    async def start(self, source: RunSource, workflow: str, inputs: dict[str, str]) -> RunRecord:
+    async def start(
+        self,
+        source: RunSource,
+        workflow: str,
+        inputs: dict[str, str],
+        *,
+        budget: BudgetSpec | None = None,
+    ) -> RunRecord:
         """Start the server's workflow of that name; the local config file is not sent."""
-        body = {"workflow": workflow, "inputs": inputs}
+        body: dict[str, Any] = {"workflow": workflow, "inputs": inputs}
+        if budget is not None:
+            body["budget"] = budget.model_dump(exclude_none=True)
         return run_from_json(await self._call("POST", "/v1/runs", json=body))
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -303,6 +332,20 @@ class RemoteClient:
 
     async def cancel(self, run_id: str) -> RunRecord:
         return run_from_json(await self._call("POST", _runs(run_id, "cancel")))
+
+    async def costs(
+        self, *, group_by: CostGroup, since: float | None, tenant: str | None
+    ) -> list[CostSummary]:
+        if tenant is not None:
+            raise UserError(
+                "--tenant works on the local database only; a server shows the costs of "
+                "your API key's tenant: unset AGENTMILL_URL to read the local database"
+            )
+        params: dict[str, Any] = {"group_by": group_by}
+        if since is not None:
+            params["since"] = since
+        body = await self._call("GET", "/v1/costs", params=params)
+        return [cost_from_json(item) for item in body["items"]]
 
     async def decide(
         self, run_id: str, step_id: str, *, approve: bool, comment: str | None, by: str

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.text import Text
 
-from agentmill.store import RunRecord, RunStatus, StepRecord
+from agentmill.store import CostSummary, RunRecord, RunStatus, StepRecord, run_cost
 
 __all__ = ["print_outputs", "run_to_json", "step_to_json"]
 
@@ -27,6 +27,7 @@ def run_to_json(run: RunRecord, steps: list[StepRecord]) -> dict[str, Any]:
         "created_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
+        "cost": run_cost(run, steps).to_json(),
         "steps": [step_to_json(step) for step in steps],
     }
 
@@ -46,16 +47,22 @@ def step_to_json(step: StepRecord) -> dict[str, Any]:
         "elapsed": elapsed,
         "error": step.error,
         "output": step.output,
+        "cost_usd": step.cost_usd,
+        "details": step.details or {},
     }
 
 
-def print_outputs(out: Console, err: Console, run: RunRecord) -> None:
-    """Outputs on stdout; status, usage and run id on stderr."""
+def print_outputs(
+    out: Console, err: Console, run: RunRecord, cost: CostSummary | None = None
+) -> None:
+    """Outputs on stdout; status, usage, cost and run id on stderr."""
     for name, value in (run.outputs or {}).items():
         out.print(Rule(escape(name), align="left"))
         out.print(Text(value if isinstance(value, str) else _json(value)))
     usage = run.usage or {}
     tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out tokens"
+    if cost is not None and cost.calls:
+        tokens += f", {cost.describe()}"
     if run.status is RunStatus.SUCCEEDED:
         err.print(f"[green]✔ run {run.id} succeeded[/] ({tokens})")
     else:

@@ -9,6 +9,7 @@ from collections.abc import Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.markup import escape
 
 from agentmill.cli.client import RunsClient, RunSource, open_client, read_source
@@ -18,9 +19,10 @@ from agentmill.cli.report import print_outputs, run_to_json
 from agentmill.engine.project import load_checked
 from agentmill.errors import InputError
 from agentmill.settings import Settings
-from agentmill.store import RunRecord, RunStatus
+from agentmill.spec.models import BudgetSpec
+from agentmill.store import RunRecord, RunStatus, run_cost
 
-__all__ = ["follow_run", "parse_inputs", "run_workflow", "validate_file"]
+__all__ = ["follow_run", "parse_inputs", "run_budget", "run_workflow", "validate_file"]
 
 
 def validate_file(path: Path) -> int:
@@ -63,24 +65,51 @@ def _read_value(name: str, value: str) -> str:
 
 
 def run_workflow(
-    path: Path, workflow: str, pairs: list[str], *, as_json: bool
+    path: Path,
+    workflow: str,
+    pairs: list[str],
+    *,
+    as_json: bool,
+    budget_usd: float | None = None,
+    budget_tokens: int | None = None,
 ) -> Coroutine[Any, Any, int]:
     """Check everything that can be checked before starting, then run.
 
     Locally the config file is loaded and checked first; in remote mode it is not read:
-    the server runs its own workflow of that name.
+    the server runs its own workflow of that name. `budget_usd` / `budget_tokens` give
+    the run a budget replacing the workflow's per-run budget (docs/budgets.md).
     """
     settings = Settings()
     source = read_source(settings, path, workflow)
     raw = parse_inputs(pairs)
-    return _start(settings, source, workflow, raw, as_json=as_json)
+    budget = run_budget(budget_usd, budget_tokens)
+    return _start(settings, source, workflow, raw, as_json=as_json, budget=budget)
+
+
+def run_budget(usd: float | None, tokens: int | None) -> BudgetSpec | None:
+    """The budget of `--budget-usd` / `--budget-tokens`, or None when neither is given."""
+    if usd is None and tokens is None:
+        return None
+    try:
+        return BudgetSpec(usd=usd, tokens=tokens)
+    except ValidationError:
+        raise InputError(
+            "--budget-usd must be a number more than 0 and --budget-tokens a whole number "
+            "more than 0 (and below 2**62)"
+        ) from None
 
 
 async def _start(
-    settings: Settings, source: RunSource, workflow: str, raw: dict[str, str], *, as_json: bool
+    settings: Settings,
+    source: RunSource,
+    workflow: str,
+    raw: dict[str, str],
+    *,
+    as_json: bool,
+    budget: BudgetSpec | None = None,
 ) -> int:
     async with open_client(settings, workers=True) as client:
-        run = await client.start(source, workflow, raw)
+        run = await client.start(source, workflow, raw, budget=budget)
         if not as_json:
             err().print(f"run [bold]{run.id}[/] started ({escape(workflow)})")
         return await follow_run(client, run, as_json=as_json)
@@ -105,7 +134,7 @@ async def follow_run(client: RunsClient, run: RunRecord, *, as_json: bool, after
     if as_json:
         out().print_json(json.dumps(run_to_json(final, steps)))
     else:
-        print_outputs(out(), err(), final)
+        print_outputs(out(), err(), final, run_cost(final, steps))
     return EXIT_OK if final.status is RunStatus.SUCCEEDED else EXIT_FAILED
 
 

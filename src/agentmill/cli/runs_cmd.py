@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
 
     from agentmill.cli.client import RunsClient
-    from agentmill.store import RunRecord, RunStatus
+    from agentmill.store import RunRecord, RunStatus, StepRecord
 
 __all__ = ["app"]
 
@@ -86,6 +86,7 @@ async def _show(run_id: str, as_json: bool) -> int:
     from rich.table import Table
 
     from agentmill.cli.report import print_outputs, run_to_json
+    from agentmill.store import run_cost
 
     async with _client() as client:
         run = await client.get_run(run_id)
@@ -95,7 +96,9 @@ async def _show(run_id: str, as_json: bool) -> int:
         out().print_json(json.dumps(run_to_json(run, steps)))
         return EXIT_OK
     out().print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {label}")
-    table = Table("step", "status", "attempt", "model", "tokens in/out", "elapsed", box=None)
+    table = Table(
+        "step", "status", "attempt", "model", "tokens in/out", "cost", "elapsed", box=None
+    )
     for step in steps:
         usage = step.usage or {}
         elapsed = ""
@@ -105,12 +108,13 @@ async def _show(run_id: str, as_json: bool) -> int:
             escape(step.key),
             str(step.status),
             str(step.attempt),
-            escape(step.model or ""),
+            escape(_model_column(step)),
             f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}",
+            _cost_column(step),
             elapsed,
         )
     out().print(table)
-    print_outputs(out(), err(), run)
+    print_outputs(out(), err(), run, run_cost(run, steps))
     return EXIT_OK
 
 
@@ -152,6 +156,24 @@ def _client(*, workers: bool = False) -> AbstractAsyncContextManager[RunsClient]
     from agentmill.settings import Settings
 
     return open_client(Settings(), workers=workers)
+
+
+def _model_column(step: StepRecord) -> str:
+    """The model that answered, with what the policies did (cache hit, fallback)."""
+    details = step.details or {}
+    notes: list[str] = []
+    if details.get("cached"):
+        notes.append("cached")
+    if fallback := details.get("fallback"):
+        notes.append(f"fallback after {len(fallback)}")
+    text = step.model or ""
+    return f"{text} ({', '.join(notes)})" if notes else text
+
+
+def _cost_column(step: StepRecord) -> str:
+    if step.model is None or str(step.status) != "succeeded":
+        return ""
+    return "unknown" if step.cost_usd is None else f"${step.cost_usd:.4f}"
 
 
 def _parse_status(value: str) -> RunStatus:

@@ -34,6 +34,7 @@ def serve(config: Path | None, host: str, port: int, workers: int) -> int:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=max(int(settings.shutdown_grace), 1),
         lifespan="on",
+        log_config=None,  # uvicorn's loggers go through ours: ids stamped, secrets redacted
     )
     _server_for(uvicorn_config, app).run()
     return EXIT_OK

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agentmill.agents.base import Agent, StepRequest, StepResult
-from agentmill.agents.pricing import cost_usd
 from agentmill.engine.events import RunEmitter
-from agentmill.errors import ProviderError, StepFailed, StepTimeout, UserError
+from agentmill.errors import PolicyRefusal, ProviderError, StepFailed, StepTimeout, UserError
 from agentmill.logs import current_step
+from agentmill.policy.retry import AttemptNote, noting, retry_delay, retryable
 from agentmill.store import StepRecord, StepStatus, Store
 
 __all__ = ["CallSpec", "run_call"]
 
 logger = logging.getLogger("agentmill.engine")
-
-MAX_BACKOFF = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +32,8 @@ class CallSpec:
     retries: int
     backoff: float
     timeout: float | None
+    models: int = 1
+    """Models the agent may use (its own plus fallbacks); each gets `retries` retries."""
 
 
 class _Context:
@@ -52,21 +51,32 @@ class _Context:
 async def run_call(
     call: CallSpec, *, store: Store, emitter: RunEmitter, previous: StepRecord | None
 ) -> StepRecord:
-    """Run a call to success or final failure; return its committed checkpoint."""
+    """Run a call to success or final failure; return its committed checkpoint.
+
+    Every attempt is one model request. A transient failure is retried on the same model
+    after a backoff (or the provider's Retry-After); when a fallback chain moves on to its
+    next model (retries exhausted, or an open circuit), the next attempt starts at once.
+    """
     if previous is not None and previous.status is StepStatus.SUCCEEDED:
         return previous
     earlier_attempts = previous.attempt if previous is not None else 0
     attempt = earlier_attempts
-    max_attempts = earlier_attempts + call.retries + 1
+    max_attempts = earlier_attempts + (call.retries + 1) * call.models
+    retry_number = 0
     while True:
         attempt += 1
-        record, error = await _attempt(call, attempt, store=store, emitter=emitter)
+        note = AttemptNote(retries=call.retries, first=attempt == earlier_attempts + 1)
+        record, error = await _attempt(call, attempt, note, store=store, emitter=emitter)
         if record is not None:
             return record
         assert error is not None
-        if attempt >= max_attempts or not _retryable(error):
-            return await _fail(call, attempt, error, store=store, emitter=emitter)
-        delay = _backoff(call.backoff, retry_number=attempt - earlier_attempts)
+        if attempt >= max_attempts or not retryable(error):
+            return await _fail(call, attempt, error, note, store=store, emitter=emitter)
+        if note.switching:
+            retry_number, delay = 0, 0.0
+        else:
+            retry_number += 1
+            delay = retry_delay(error, base=call.backoff, retry_number=retry_number)
         logger.info("attempt %d failed, retrying in %.2fs: %s", attempt, delay, error)
         emitter.emit(
             "step_retrying",
@@ -75,12 +85,13 @@ async def run_call(
             error=str(error),
             error_kind=_kind(error),
             delay=round(delay, 3),
+            **({"next_model": note.next_model} if note.next_model else {}),
         )
         await asyncio.sleep(delay)
 
 
 async def _attempt(
-    call: CallSpec, attempt: int, *, store: Store, emitter: RunEmitter
+    call: CallSpec, attempt: int, note: AttemptNote, *, store: Store, emitter: RunEmitter
 ) -> tuple[StepRecord | None, Exception | None]:
     request = call.request
     current_step.set(request.key)
@@ -92,17 +103,12 @@ async def _attempt(
     else:
         emitter.emit("step_started", step=request.key, attempt=attempt)
     context = _Context(emitter, request.key, attempt)
-    attempt_request = StepRequest(
-        run_id=request.run_id,
-        step_id=request.step_id,
-        prompt=request.prompt,
-        index=request.index,
-        attempt=attempt,
-    )
+    attempt_request = replace(request, attempt=attempt)
     deadline = asyncio.timeout(call.timeout)
     try:
         async with deadline:
-            result = await call.agent.run(attempt_request, context)
+            with noting(note):
+                result = await call.agent.run(attempt_request, context)
     except TimeoutError as exc:
         if deadline.expired() and call.timeout is not None:
             return None, StepTimeout(request.key, call.timeout)
@@ -131,6 +137,8 @@ async def _succeed(
         output=result.output,
         usage=result.usage.to_json(),
         model=result.model,
+        cost_usd=result.cost_usd,
+        details=result.details or None,
     )
     store.journal.put_step(record)
     emitter.emit(
@@ -140,21 +148,41 @@ async def _succeed(
         elapsed=round(finished - started, 4),
         usage=result.usage.to_json(),
         model=result.model,
-        cost_usd=cost_usd(result.model, result.usage),
+        cost_usd=result.cost_usd,
+        **({"details": result.details} if result.details else {}),
     )
     await store.journal.commit()
     return record
 
 
 async def _fail(
-    call: CallSpec, attempt: int, error: Exception, *, store: Store, emitter: RunEmitter
+    call: CallSpec,
+    attempt: int,
+    error: Exception,
+    note: AttemptNote,
+    *,
+    store: Store,
+    emitter: RunEmitter,
 ) -> StepRecord:
     request = call.request
     message = str(StepFailed(request.key, _describe(error), attempts=attempt))
-    record = _record(request, StepStatus.FAILED, attempt, finished_at=time.time(), error=message)
+    details = note.details or None
+    record = _record(
+        request,
+        StepStatus.FAILED,
+        attempt,
+        finished_at=time.time(),
+        error=message,
+        details=details,
+    )
     store.journal.put_step(record)
     emitter.emit(
-        "step_failed", step=request.key, attempt=attempt, error=message, error_kind=_kind(error)
+        "step_failed",
+        step=request.key,
+        attempt=attempt,
+        error=message,
+        error_kind=_kind(error),
+        **({"details": details} if details else {}),
     )
     await store.journal.commit()
     return record
@@ -172,18 +200,6 @@ def _record(request: StepRequest, status: StepStatus, attempt: int, **values: ob
     )
 
 
-def _retryable(error: Exception) -> bool:
-    if isinstance(error, UserError):
-        return False
-    return not (isinstance(error, ProviderError) and not error.transient)
-
-
-def _backoff(base: float, *, retry_number: int) -> float:
-    """Exponential backoff with equal jitter: half fixed, half random."""
-    delay = min(base * 2 ** max(retry_number - 1, 0), MAX_BACKOFF)
-    return delay / 2 + random.uniform(0, delay / 2)  # noqa: S311 - jitter, not security
-
-
 def _describe(error: Exception) -> str:
     if isinstance(error, StepTimeout):
         return f"timed out after {error.seconds:g}s"
@@ -191,9 +207,11 @@ def _describe(error: Exception) -> str:
 
 
 def _kind(error: Exception) -> str:
-    """A label for metrics: provider, timeout, user (config or key) or other."""
+    """A label for metrics: provider, timeout, policy, user (config or key) or other."""
     if isinstance(error, ProviderError):
         return "provider"
+    if isinstance(error, PolicyRefusal):
+        return "policy"
     if isinstance(error, StepTimeout):
         return "timeout"
     if isinstance(error, UserError):

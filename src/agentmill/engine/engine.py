@@ -30,9 +30,11 @@ from agentmill.engine.execution import RunExecutor, emitter_for, record_cancelle
 from agentmill.engine.liveness import Owner, owner_alive
 from agentmill.engine.plan import RunPlan, build_plan, downstream_of
 from agentmill.errors import InputError, InvalidStateError, NotFoundError
+from agentmill.policy.cache import check_cache_secret, close_response_cache
+from agentmill.policy.chain import PolicyServices, is_untrusted_trigger
 from agentmill.settings import Settings
 from agentmill.spec.inputs import coerce_inputs
-from agentmill.spec.models import ProjectSpec
+from agentmill.spec.models import BudgetSpec, ProjectSpec
 from agentmill.store import DEFAULT_TENANT, EventRecord, RunRecord, RunStatus, Store
 
 __all__ = ["TERMINAL_EVENTS", "ConcurrencyMode", "Engine"]
@@ -97,6 +99,7 @@ class Engine:
             self.bus,
             self.owner,
             pending=self._pending,
+            policies=PolicyServices(store=self._store, settings=self.settings),
             drain=self.drain,
             auto_resume=self._queued,
         )
@@ -126,6 +129,7 @@ class Engine:
                 # Waiting on the DBOS workflow tasks lets DBOS record how they ended.
                 await asyncio.wait(tasks, timeout=_STOP_GRACE)
             await self._release_pending()
+            await close_response_cache(self._executor.policies)
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(BaseException):
@@ -167,16 +171,20 @@ class Engine:
         concurrency_key: str | None = None,
         concurrency_mode: ConcurrencyMode = "allow",
         trigger: dict[str, Any] | None = None,
+        budget: BudgetSpec | None = None,
+        api_key_id: str | None = None,
     ) -> RunRecord:
         """Validate inputs, record the run with its plan snapshot, and start or queue it.
 
         With an `idempotency_key`, a repeated submission returns the first run. Runs sharing
-        a `concurrency_key` supersede (cancel) or queue behind the active ones.
+        a `concurrency_key` supersede (cancel) or queue behind the active ones. A `budget`
+        replaces the workflow's per-run budget; the budgets of `api_key_id` apply too.
         """
         if workflow not in project.workflows:
             known = ", ".join(sorted(project.workflows)) or "none"
             raise NotFoundError(f"no workflow {workflow!r} (workflows: {known})")
         plan = build_plan(project, workflow)
+        check_cache_secret(plan, self.settings)
         inputs = coerce_inputs(plan.workflow, raw_inputs)
         if idempotency_key is not None:
             earlier = await self.store.run_by_idempotency_key(tenant, idempotency_key)
@@ -194,6 +202,8 @@ class Engine:
             concurrency_key=concurrency_key if concurrency_mode != "allow" else None,
             trigger=trigger,
             served=self._queued,
+            budget=None if budget is None else budget.model_dump(exclude_none=True),
+            api_key_id=api_key_id,
         )
         try:
             await self.store.create_run(run)
@@ -237,8 +247,10 @@ class Engine:
             tenant=tenant,
             owner=None if self._queued else self.owner,
             parent_run_id=run.id,
-            trigger={"source": "retry", "run": run.id, "from_step": from_step},
+            trigger=_retry_trigger(run, from_step),
             served=self._queued,
+            budget=run.budget,
+            api_key_id=run.api_key_id,
         )
         await self.store.create_run(retry)
         await self.store.copy_steps(run.id, retry.id, step_ids=set(steps) - again)
@@ -477,11 +489,23 @@ class Engine:
         return await list_approvals(self.store, tenant=tenant, status=status, run_id=run_id)
 
 
+def _retry_trigger(run: RunRecord, from_step: str) -> dict[str, Any]:
+    """Where a retried run came from; it keeps its parent's inputs, so a webhook's
+    untrusted inputs stay untrusted."""
+    trigger: dict[str, Any] = {"source": "retry", "run": run.id, "from_step": from_step}
+    if is_untrusted_trigger(run.trigger):
+        trigger["untrusted"] = True
+    return trigger
+
+
 def _check_models(plan: RunPlan) -> None:
     from agentmill.agents.models import check_model
 
     for ref in plan.models.values():
         check_model(ref)
+    for refs in plan.fallbacks.values():
+        for ref in refs:
+            check_model(ref)
 
 
 def _next_workflow_id(run_id: str, current: str) -> str:

@@ -21,6 +21,8 @@ from agentmill.engine.interpreter import RunInterpreter, RunOutcome
 from agentmill.engine.liveness import Owner
 from agentmill.engine.plan import RunPlan
 from agentmill.logs import current_run
+from agentmill.policy.budget import release_run_holds
+from agentmill.policy.chain import PolicyServices, RunScope, is_untrusted_trigger
 from agentmill.store import RunRecord, RunStatus, StepStatus, Store
 
 __all__ = ["RunExecutor"]
@@ -40,10 +42,12 @@ class RunExecutor:
         owner: Owner,
         *,
         pending: set[str],
+        policies: PolicyServices,
         drain: Drain | None = None,
         auto_resume: bool = False,
     ) -> None:
         self._store = store
+        self.policies = policies
         self._bus = bus
         self._owner = owner
         self._pending = pending
@@ -151,11 +155,17 @@ class RunExecutor:
             reused=sorted(k for k, r in checkpoints.items() if r.status is StepStatus.SUCCEEDED),
         )
         interpreter = RunInterpreter(
-            run_id=run.id,
-            tenant=run.tenant,
+            scope=RunScope(
+                run_id=run.id,
+                tenant=run.tenant,
+                workflow=run.workflow,
+                api_key_id=run.api_key_id,
+                budget=run.budget,
+                triggered=is_untrusted_trigger(run.trigger),
+            ),
             plan=RunPlan.from_json(run.snapshot),
             inputs=run.inputs,
-            store=self._store,
+            services=self.policies,
             emitter=emitter,
             checkpoints=checkpoints,
             drain=self.drain,
@@ -206,12 +216,13 @@ class RunExecutor:
         self._finishing.add(run_id)
         status = RunStatus.SUCCEEDED if outcome.succeeded else RunStatus.FAILED
         usage = outcome.usage.to_json()
+        ended = time.time()
         update = {
             "status": status,
             "outputs": outcome.outputs,
             "error": outcome.error,
             "usage": usage,
-            "finished_at": time.time(),
+            "finished_at": ended,
         }
         emitter.emit_final(
             "run_finished",
@@ -223,6 +234,7 @@ class RunExecutor:
             usage=usage,
         )
         await self._store.journal.commit()
+        await release_run_holds(self._store, run_id, owner=self._owner.executor_id, ended=ended)
         return {"status": str(status)}
 
     async def _record_cancelled(self, run_id: str, emitter: RunEmitter) -> dict[str, Any]:
@@ -236,8 +248,10 @@ class RunExecutor:
 
     async def _record_interrupted(self, run_id: str, emitter: RunEmitter) -> None:
         update = {"status": RunStatus.INTERRUPTED, "owner": None, "auto_resume": self._auto_resume}
+        ended = time.time()
         emitter.emit_final("run_interrupted", owner=self._owner.executor_id, run_update=update)
         await self._store.journal.commit()
+        await release_run_holds(self._store, run_id, owner=self._owner.executor_id, ended=ended)
 
 
 async def emitter_for(store: Store, bus: EventBus, run_id: str) -> RunEmitter:
@@ -248,7 +262,8 @@ async def emitter_for(store: Store, bus: EventBus, run_id: str) -> RunEmitter:
 
 async def record_cancelled(store: Store, emitter: RunEmitter, *, owner: str) -> None:
     """End the run as cancelled, releasing it; a no-op in the database if `owner` lost it."""
-    update = {"status": RunStatus.CANCELLED, "finished_at": time.time(), "owner": None}
+    ended = time.time()
+    update = {"status": RunStatus.CANCELLED, "finished_at": ended, "owner": None}
     emitter.emit_final(
         "run_finished",
         owner=owner,
@@ -257,6 +272,7 @@ async def record_cancelled(store: Store, emitter: RunEmitter, *, owner: str) -> 
         error="cancelled",
     )
     await store.journal.commit()
+    await release_run_holds(store, emitter.run_id, owner=owner, ended=ended)
 
 
 def _uncancel() -> None:

@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentmill.agents.base import Agent, StepRequest, Usage
-from agentmill.agents.factory import build_agent
 from agentmill.engine.approvals import Gate, run_gate
 from agentmill.engine.calls import CallSpec, run_call
 from agentmill.engine.drain import Drain
 from agentmill.engine.events import RunEmitter
 from agentmill.engine.plan import RunPlan
 from agentmill.errors import RunFailure, UserError
+from agentmill.policy.chain import PolicyServices, RunScope, build_call_agent
+from agentmill.policy.guard import untrusted_sources
 from agentmill.spec.models import StepSpec
 from agentmill.spec.templates import evaluate, is_truthy, render
-from agentmill.store import StepRecord, StepStatus, Store
+from agentmill.store import StepRecord, StepStatus
 
 __all__ = ["NodeOutcome", "RunInterpreter", "RunOutcome"]
 
@@ -59,24 +60,26 @@ class RunInterpreter:
     def __init__(
         self,
         *,
-        run_id: str,
-        tenant: str,
+        scope: RunScope,
         plan: RunPlan,
         inputs: dict[str, Any],
-        store: Store,
+        services: PolicyServices,
         emitter: RunEmitter,
         checkpoints: dict[str, StepRecord],
         drain: Drain | None = None,
     ) -> None:
-        self._run_id = run_id
-        self._tenant = tenant
+        self._scope = scope
+        self._run_id = scope.run_id
+        self._tenant = scope.tenant
+        self._services = services
+        store = services.store
         self._drain = drain or Drain()
         self._plan = plan
         self._inputs = inputs
         self._store = store
         self._emitter = emitter
         self._checkpoints = checkpoints
-        self._agents: dict[str, Agent] = {}
+        self._agents: dict[str, tuple[Agent, int]] = {}
         self._nodes: dict[str, asyncio.Future[NodeOutcome]] = {}
         self._views: dict[str, dict[str, Any]] = {}
         """Template view of every finished step, kept up to date as steps finish."""
@@ -194,13 +197,24 @@ class RunInterpreter:
     async def _call(self, step: StepSpec, prompt: str, *, index: int | None) -> StepRecord:
         assert step.agent is not None
         agent_spec = self._plan.agents[step.agent]
-        request = StepRequest(run_id=self._run_id, step_id=step.id, prompt=prompt, index=index)
+        untrusted = untrusted_sources(
+            step.prompt,
+            self._plan.workflow,
+            self._inputs,
+            triggered=self._scope.triggered,
+            foreach=step.foreach,
+        )
+        request = StepRequest(
+            run_id=self._run_id, step_id=step.id, prompt=prompt, index=index, untrusted=untrusted
+        )
+        agent, models = self._agent(step.agent)
         call = CallSpec(
             request=request,
-            agent=self._agent(step.agent),
+            agent=agent,
             retries=step.retries if step.retries is not None else agent_spec.retries,
             backoff=step.backoff,
             timeout=step.timeout or agent_spec.timeout,
+            models=models,
         )
         async with _maybe(self._run_slots), self._drain.call():
             return await run_call(
@@ -210,9 +224,11 @@ class RunInterpreter:
                 previous=self._checkpoints.get(request.key),
             )
 
-    def _agent(self, name: str) -> Agent:
+    def _agent(self, name: str) -> tuple[Agent, int]:
         if name not in self._agents:
-            self._agents[name] = build_agent(self._plan.agents[name], self._plan.models[name])
+            self._agents[name] = build_call_agent(
+                name, plan=self._plan, scope=self._scope, services=self._services
+            )
         return self._agents[name]
 
     def _finish(self, outcomes: dict[str, NodeOutcome]) -> RunOutcome:

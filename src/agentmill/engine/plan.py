@@ -6,16 +6,25 @@ config file never changes or breaks a run already in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter
 
-from agentmill.spec.models import AgentSpec, ModelEndpoint, ProjectSpec, WorkflowSpec
+from agentmill.spec.models import (
+    AgentSpec,
+    BreakerSpec,
+    BudgetsSpec,
+    ModelEndpoint,
+    ProjectSpec,
+    RateLimitSpec,
+    WorkflowSpec,
+)
 
 __all__ = ["RunPlan", "build_plan", "downstream_of"]
 
 _MODEL_REF: TypeAdapter[str | ModelEndpoint] = TypeAdapter(str | ModelEndpoint)
+_LIMITS: TypeAdapter[dict[str, RateLimitSpec]] = TypeAdapter(dict[str, RateLimitSpec])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,9 +36,21 @@ class RunPlan:
     agents: dict[str, AgentSpec]
     models: dict[str, str | ModelEndpoint]
     """Resolved model reference per agent name."""
+    fallbacks: dict[str, list[str | ModelEndpoint]] = field(default_factory=dict)
+    """Resolved fallback models per agent name (agents without any are absent)."""
+    budgets: BudgetsSpec = field(default_factory=BudgetsSpec)
+    limits: dict[str, RateLimitSpec] = field(default_factory=dict)
+    breaker: BreakerSpec = field(default_factory=BreakerSpec)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "fallbacks": {
+                name: [_MODEL_REF.dump_python(ref, mode="json") for ref in refs]
+                for name, refs in self.fallbacks.items()
+            },
+            "budgets": self.budgets.model_dump(mode="json", exclude_unset=True),
+            "limits": _LIMITS.dump_python(self.limits, mode="json", exclude_unset=True),
+            "breaker": self.breaker.model_dump(mode="json", exclude_unset=True),
             "workflow_name": self.workflow_name,
             "workflow": self.workflow.model_dump(mode="json", exclude_unset=True),
             "agents": {
@@ -48,6 +69,13 @@ class RunPlan:
             workflow=WorkflowSpec.model_validate(data["workflow"]),
             agents={n: AgentSpec.model_validate(a) for n, a in data["agents"].items()},
             models={n: _MODEL_REF.validate_python(m) for n, m in data["models"].items()},
+            fallbacks={
+                n: [_MODEL_REF.validate_python(m) for m in refs]
+                for n, refs in data.get("fallbacks", {}).items()
+            },
+            budgets=BudgetsSpec.model_validate(data.get("budgets", {})),
+            limits=_LIMITS.validate_python(data.get("limits", {})),
+            breaker=BreakerSpec.model_validate(data.get("breaker", {})),
         )
 
 
@@ -57,7 +85,19 @@ def build_plan(project: ProjectSpec, workflow_name: str) -> RunPlan:
     names = sorted({step.agent for step in workflow.steps if step.agent is not None})
     agents = {name: project.agents[name] for name in names}
     models = {name: project.model_for(agent) for name, agent in agents.items()}
-    return RunPlan(workflow_name=workflow_name, workflow=workflow, agents=agents, models=models)
+    fallbacks = {
+        name: project.fallbacks_for(agent) for name, agent in agents.items() if agent.fallback
+    }
+    return RunPlan(
+        workflow_name=workflow_name,
+        workflow=workflow,
+        agents=agents,
+        models=models,
+        fallbacks=fallbacks,
+        budgets=project.budgets,
+        limits=project.limits,
+        breaker=project.breaker,
+    )
 
 
 def downstream_of(workflow: WorkflowSpec, step_id: str) -> set[str]:

@@ -23,13 +23,18 @@ def model_problems(loaded: LoadedProject) -> list[ConfigProblem]:
     spec = loaded.spec
     seen: dict[str, str | None] = {}
     for name, agent in spec.agents.items():
-        ref = spec.model_for(agent)
-        label = ref if isinstance(ref, str) else ref.model_dump_json()
-        if label not in seen:
-            seen[label] = _problem_text(ref)
-        if seen[label] is not None:
-            where = ("agents", name, "model") if agent.model else ("agents", name)
-            problems.append(loaded.problem(f"agent '{name}': {seen[label]}", *where))
+        where = ("agents", name, "model") if agent.model else ("agents", name)
+        refs = [(spec.model_for(agent), where)]
+        refs += [
+            (ref, ("agents", name, "fallback", index))
+            for index, ref in enumerate(spec.fallbacks_for(agent))
+        ]
+        for ref, path in refs:
+            label = ref if isinstance(ref, str) else ref.model_dump_json()
+            if label not in seen:
+                seen[label] = _problem_text(ref)
+            if seen[label] is not None:
+                problems.append(loaded.problem(f"agent '{name}': {seen[label]}", *path))
     return problems
 
 

@@ -15,7 +15,16 @@ from agentmill.engine.engine import Engine
 from agentmill.server.limits import BodySizeLimit, RateLimiter, StreamSlots
 from agentmill.server.metrics import Metrics
 from agentmill.server.problems import PROBLEM_RESPONSES, install_problem_handlers
-from agentmill.server.routes import approvals, events, keys, ops, runs, webhooks, workflows
+from agentmill.server.routes import (
+    approvals,
+    costs,
+    events,
+    keys,
+    ops,
+    runs,
+    webhooks,
+    workflows,
+)
 from agentmill.server.services import Services
 from agentmill.settings import Settings
 from agentmill.spec.loader import LoadedProject
@@ -80,7 +89,7 @@ def create_app(
     )
     app.add_middleware(RequestMetrics)
     app.include_router(ops.router)
-    for module in (workflows, runs, events, approvals, webhooks, keys):
+    for module in (workflows, runs, events, approvals, costs, webhooks, keys):
         app.include_router(module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
     return app
 

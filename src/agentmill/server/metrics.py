@@ -7,9 +7,16 @@ published; run counts by status and the queue depth are read from the database w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from agentmill.store import EventRecord, Store
+from agentmill.store.cache import TenantCacheStats
+from agentmill.store.cache import read_stats as read_cache_stats
+from agentmill.store.costs import spend_by_workflow
 
 __all__ = ["Metrics"]
 
@@ -37,6 +44,18 @@ class Metrics:
         self.cost = Counter(
             "agentmill_cost_usd", "Cost of agent calls in US dollars", ["model"], registry=r
         )
+        self.spend = Gauge(
+            "agentmill_spend_usd",
+            "Known cost of the calls of every worker, by tenant and workflow (from the database)",
+            ["tenant", "workflow"],
+            registry=r,
+        )
+        self.unpriced_calls = Gauge(
+            "agentmill_unpriced_calls",
+            "Calls of models whose price is unknown, by tenant and workflow (from the database)",
+            ["tenant", "workflow"],
+            registry=r,
+        )
         self.step_failures = Counter(
             "agentmill_step_failures",
             "Failed agent call attempts (retried or final), by kind of error",
@@ -55,6 +74,9 @@ class Metrics:
             ["method", "route", "status"],
             registry=r,
         )
+        # response cache: counters and size per tenant, read from the database at scrape
+        self.cache = _CacheCollector()
+        r.register(self.cache)
 
     def observe_event(self, event: EventRecord) -> None:
         """Bus listener: count what an event says about steps."""
@@ -76,4 +98,38 @@ class Metrics:
         for status in ("pending", "running", "succeeded", "failed", "cancelled", "interrupted"):
             self.runs.labels(status).set(counts.get(status, 0))
         self.queue_depth.set(counts.get("pending", 0))
+        for tenant, workflow, usd, unpriced in await spend_by_workflow(store.engine):
+            self.spend.labels(tenant, workflow).set(usd)
+            self.unpriced_calls.labels(tenant, workflow).set(unpriced)
+        self.cache.stats = await read_cache_stats(store.engine)
         return generate_latest(self.registry)
+
+
+class _CacheCollector(Collector):
+    """Response cache counters of every worker, per tenant (`agentmill_cache_*`)."""
+
+    _COUNTERS = (
+        ("hits", "Lookups answered from the cache"),
+        ("misses", "Lookups that went to the model (expired and tampered entries included)"),
+        ("sets", "Responses stored"),
+        ("evictions", "Entries removed to stay under the size bound"),
+        ("expirations", "Entries removed after their TTL"),
+        ("integrity_failures", "Entries whose signature did not match (discarded)"),
+    )
+
+    def __init__(self) -> None:
+        self.stats: list[TenantCacheStats] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text in self._COUNTERS:
+            family = CounterMetricFamily(f"agentmill_cache_{name}", help_text, labels=["tenant"])
+            for entry in self.stats:
+                family.add_metric([entry.tenant], getattr(entry.counts, name))
+            yield family
+        entries = GaugeMetricFamily("agentmill_cache_entries", "Entries stored", labels=["tenant"])
+        size = GaugeMetricFamily("agentmill_cache_bytes", "Bytes stored", labels=["tenant"])
+        for entry in self.stats:
+            entries.add_metric([entry.tenant], entry.entries)
+            size.add_metric([entry.tenant], entry.bytes)
+        yield entries
+        yield size

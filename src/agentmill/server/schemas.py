@@ -13,13 +13,15 @@ from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentmill.errors import ConfigProblem
-from agentmill.spec.models import InputSpec, InputType, WorkflowSpec
-from agentmill.store import RunRecord, RunStatus, StepRecord, StepStatus
+from agentmill.spec.models import BudgetSpec, InputSpec, InputType, WorkflowSpec
+from agentmill.store import CostSummary, RunRecord, RunStatus, StepRecord, StepStatus, run_cost
 
 __all__ = [
     "ID_PATTERN",
     "NAME_PATTERN",
     "ConfigProblemOut",
+    "CostOut",
+    "CostTotals",
     "InputOut",
     "RetryRequest",
     "RunDetail",
@@ -117,6 +119,12 @@ class StepOut(_Out):
     model: str | None
     started_at: float | None
     finished_at: float | None
+    cost_usd: float | None = Field(
+        default=None, description="What the call cost; null when its price is unknown"
+    )
+    details: dict[str, Any] | None = Field(
+        default=None, description="What the policies did: cached, fallback, guard, ..."
+    )
 
     @classmethod
     def from_record(cls, step: StepRecord) -> StepOut:
@@ -132,7 +140,32 @@ class StepOut(_Out):
             model=step.model,
             started_at=step.started_at,
             finished_at=step.finished_at,
+            cost_usd=step.cost_usd,
+            details=step.details,
         )
+
+
+class CostOut(_Out):
+    """Known spend, and how many calls had no known price (never counted as zero)."""
+
+    usd: float = Field(description="Sum of the calls whose price is known, in US dollars")
+    calls: int = Field(description="Model calls made (cache hits included, at no cost)")
+    unpriced_calls: int = Field(description="Calls of models whose price is unknown")
+    complete: bool = Field(description="Whether `usd` covers every call")
+    group: str | None = Field(default=None, description="The workflow or tenant of a total")
+
+    @classmethod
+    def from_summary(cls, summary: CostSummary) -> CostOut:
+        return cls.model_validate(summary.to_json())
+
+
+class CostTotals(_Out):
+    """Spend per workflow or per tenant over a time window."""
+
+    group_by: str
+    since: float | None
+    until: float | None
+    items: list[CostOut]
 
 
 class RunDetail(RunOut):
@@ -141,6 +174,7 @@ class RunDetail(RunOut):
     plan: list[str] = Field(description="The workflow's step ids, in workflow order")
     steps: list[StepOut]
     last_seq: int = Field(description="Follow the events after this one to see what comes next")
+    cost: CostOut = Field(description="What the run's own calls cost")
 
     @classmethod
     def from_records(cls, run: RunRecord, steps: list[StepRecord], last_seq: int) -> RunDetail:
@@ -149,6 +183,7 @@ class RunDetail(RunOut):
             plan=run.step_ids,
             steps=[StepOut.from_record(step) for step in steps],
             last_seq=last_seq,
+            cost=CostOut.from_summary(run_cost(run, steps)),
         )
 
 
@@ -171,6 +206,11 @@ class RunStart(_In):
     workflow: str = Field(max_length=200)
     inputs: dict[str, Any] = Field(
         default_factory=dict, description="Values of the workflow's declared inputs"
+    )
+    budget: BudgetSpec | None = Field(
+        default=None,
+        description="Limit for this run (`usd`, `tokens` or both), replacing the workflow's "
+        "per-run budget; the tenant's and the API key's budgets still apply",
     )
 
 

@@ -17,11 +17,19 @@ __all__ = [
     "DEFAULT_MODEL",
     "AgentSpec",
     "ApprovalSpec",
+    "BreakerSpec",
+    "BudgetSpec",
+    "BudgetsSpec",
+    "CacheSpec",
     "ConcurrencySpec",
     "GithubTrigger",
+    "GuardSpec",
     "InputSpec",
     "ModelEndpoint",
+    "ModelPrice",
+    "PeriodBudgets",
     "ProjectSpec",
+    "RateLimitSpec",
     "StepSpec",
     "TriggerSpec",
     "WorkflowSpec",
@@ -32,11 +40,21 @@ DEFAULT_MODEL = "local:smollm2"
 
 DEFAULT_APPROVAL_TIMEOUT = 7 * 86400.0
 
+MAX_BUDGET_TOKENS = 2**62
+"""Token budgets must fit a 64-bit database integer with room to add a reservation."""
+
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ModelPrice(_Strict):
+    """The price of a model the `genai-prices` table does not know, per million tokens."""
+
+    input: float = Field(ge=0, description="US dollars per million input tokens")
+    output: float = Field(ge=0, description="US dollars per million output tokens")
 
 
 class ModelEndpoint(_Strict):
@@ -48,6 +66,66 @@ class ModelEndpoint(_Strict):
     api_key_env: str | None = Field(
         default=None, description="Environment variable holding the key (none for local servers)"
     )
+    price: ModelPrice | None = Field(
+        default=None, description="Price when `genai-prices` does not list the model"
+    )
+
+
+class BudgetSpec(_Strict):
+    """A spending limit in US dollars, tokens (input + output), or both."""
+
+    usd: float | None = Field(default=None, gt=0, le=1e12, allow_inf_nan=False)
+    tokens: int | None = Field(default=None, gt=0, le=MAX_BUDGET_TOKENS)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> BudgetSpec:
+        if self.usd is None and self.tokens is None:
+            raise ValueError("a budget needs `usd`, `tokens` or both")
+        return self
+
+
+class PeriodBudgets(_Strict):
+    """Limits per calendar day and per calendar month (UTC)."""
+
+    day: BudgetSpec | None = None
+    month: BudgetSpec | None = None
+
+
+class BudgetsSpec(_Strict):
+    """Budgets beyond one run: per tenant, per day or month."""
+
+    tenants: dict[str, PeriodBudgets] = Field(default_factory=dict)
+
+
+class CacheSpec(_Strict):
+    """Exact-match response cache for an agent (needs AGENTMILL_CACHE_SECRET)."""
+
+    ttl: Duration = Field(default=3600.0, description="How long an entry may be reused")
+
+
+class RateLimitSpec(_Strict):
+    """A provider's limits, shared by every worker on the database."""
+
+    rpm: int | None = Field(default=None, gt=0, description="Requests per minute")
+    tpm: int | None = Field(default=None, gt=0, description="Tokens per minute (estimated)")
+    concurrency: int | None = Field(default=None, gt=0, description="Requests in flight")
+
+
+class BreakerSpec(_Strict):
+    """Circuit breaker per provider: open after `failures` in a row, probe after `reset`."""
+
+    failures: int = Field(default=5, gt=0)
+    reset: Duration = Field(default=30.0, description="Seconds open before a probe")
+
+
+class GuardSpec(_Strict):
+    """Screening of untrusted text and size limits for a workflow's agent calls."""
+
+    injection: Literal["off", "flag", "block"] = Field(
+        default="off", description="Prompt-injection screen of untrusted inputs"
+    )
+    max_prompt_chars: int | None = Field(default=None, gt=0)
+    max_output_chars: int | None = Field(default=None, gt=0)
 
 
 class AgentSpec(_Strict):
@@ -65,6 +143,13 @@ class AgentSpec(_Strict):
     output: dict[str, Any] | None = Field(
         default=None, description="JSON schema of a structured output (an object)"
     )
+    budget: BudgetSpec | None = Field(default=None, description="Limit per run for this agent")
+    cache: CacheSpec | None = None
+    fallback: list[str] = Field(
+        default_factory=list,
+        description="Models (keys of `models` or model strings) tried in order when the "
+        "agent's model fails after its retries or its provider's circuit is open",
+    )
 
 
 InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
@@ -76,6 +161,7 @@ class InputSpec(_Strict):
     type: InputType = "string"
     default: Any = None
     description: str = ""
+    untrusted: bool = Field(default=False, description="Screened by the workflow's injection guard")
 
     @property
     def required(self) -> bool:
@@ -137,6 +223,8 @@ class WorkflowSpec(_Strict):
     outputs: dict[str, str] | None = Field(
         default=None, description="Named output templates; default: the final steps' outputs"
     )
+    budget: BudgetSpec | None = Field(default=None, description="Limit per run")
+    guard: GuardSpec = Field(default_factory=GuardSpec)
 
 
 DEFAULT_CONCURRENCY_KEY = (
@@ -183,6 +271,11 @@ class ProjectSpec(_Strict):
     agents: dict[str, AgentSpec] = Field(default_factory=dict)
     workflows: dict[str, WorkflowSpec] = Field(default_factory=dict)
     triggers: list[TriggerSpec] = Field(default_factory=list)
+    budgets: BudgetsSpec = Field(default_factory=BudgetsSpec)
+    limits: dict[str, RateLimitSpec] = Field(
+        default_factory=dict, description="Keyed by provider (`openai`) or model (`openai:gpt-4o`)"
+    )
+    breaker: BreakerSpec = Field(default_factory=BreakerSpec)
 
     def model_for(self, agent: AgentSpec) -> str | ModelEndpoint:
         """The resolved model of an agent: alias lookup, then `default`, then the local model."""
@@ -192,3 +285,7 @@ class ProjectSpec(_Strict):
         if agent.model is None:
             return DEFAULT_MODEL
         return name
+
+    def fallbacks_for(self, agent: AgentSpec) -> list[str | ModelEndpoint]:
+        """The resolved fallback models of an agent, in order."""
+        return [self.models.get(name, name) for name in agent.fallback]

@@ -70,7 +70,7 @@ def did_you_mean(word: str, options: Iterable[str]) -> str | None:
 
 def validate_project(loaded: LoadedProject) -> list[ConfigProblem]:
     """Every cross-reference problem of a loaded project, in file order per section."""
-    problems = _check_models(loaded) + _check_agents(loaded)
+    problems = _check_models(loaded) + _check_agents(loaded) + _check_limits(loaded)
     for name in loaded.spec.workflows:
         problems += _WorkflowCheck(loaded, name).run()
     for position in range(len(loaded.spec.triggers)):
@@ -101,23 +101,47 @@ def _check_models(loaded: LoadedProject) -> list[ConfigProblem]:
     return problems
 
 
+def _model_ref_problem(ref: str, aliases: list[str]) -> Problem | None:
+    """Why `ref` (a key of `models` or a model string) names no usable model, or None."""
+    if ref in aliases:
+        return None
+    found = model_string_problem(ref)
+    if found and ":" not in ref:
+        known = f"use a name from 'models' ({', '.join(aliases) or 'none defined'})"
+        return f"unknown model '{ref}'", _join(
+            did_you_mean(ref, aliases), f"{known} or provider:name"
+        )
+    return found
+
+
 def _check_agents(loaded: LoadedProject) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     aliases = list(loaded.spec.models)
     for name, agent in loaded.spec.agents.items():
-        if agent.model is not None and agent.model not in aliases:
-            found = model_string_problem(agent.model)
-            if found and ":" not in agent.model:
-                known = f"use a name from 'models' ({', '.join(aliases) or 'none defined'})"
-                hint = _join(did_you_mean(agent.model, aliases), f"{known} or provider:name")
-                found = f"unknown model '{agent.model}'", hint
-            if found:
+        refs: list[tuple[str, tuple[str | int, ...]]] = []
+        if agent.model is not None:
+            refs.append((agent.model, ("agents", name, "model")))
+        refs += [(ref, ("agents", name, "fallback", i)) for i, ref in enumerate(agent.fallback)]
+        for ref, where in refs:
+            if found := _model_ref_problem(ref, aliases):
                 message = f"agent '{name}' uses {found[0]}"
-                problems.append(loaded.problem(message, "agents", name, "model", hint=found[1]))
+                problems.append(loaded.problem(message, *where, hint=found[1]))
         if agent.output is not None and agent.output.get("type") != "object":
             message = f"the output schema of agent '{name}' must be a JSON schema of type: object"
             hint = "e.g. output: {type: object, properties: {verdict: {type: string}}}"
             problems.append(loaded.problem(message, "agents", name, "output", hint=hint))
+    return problems
+
+
+def _check_limits(loaded: LoadedProject) -> list[ConfigProblem]:
+    """`limits` keys name a provider (`openai`) or a model (`openai:gpt-4o`)."""
+    problems: list[ConfigProblem] = []
+    for key in loaded.spec.limits:
+        provider = key.partition(":")[0]
+        if provider not in KNOWN_PROVIDERS:
+            hint = _join(did_you_mean(provider, KNOWN_PROVIDERS), "e.g. openai or openai:gpt-4o")
+            message = f"limits: '{key}' names no known provider"
+            problems.append(loaded.problem(message, "limits", key, hint=hint))
     return problems
 
 

@@ -112,17 +112,27 @@ def create_engine(url: str) -> AsyncEngine:
     return engine
 
 
-def create_sync_engine(url: str) -> sa.Engine:
-    """A blocking engine, for the journal's writer thread and migrations."""
+def create_sync_engine(url: str, *, pool_size: int = 2, fast: bool = False) -> sa.Engine:
+    """A blocking engine, for the journal's writer thread, migrations and short
+    transactions run on worker threads. `fast` (PostgreSQL): no ping before each use (a
+    dropped connection fails one transaction, then the pool reconnects) and commits that
+    do not wait for the WAL flush, as the journal does (see docs/design.md)."""
     if _scheme(url) == "postgresql":
         _require_psycopg()
-        return sa.create_engine(sync_url(url), pool_size=2, max_overflow=2, pool_pre_ping=True)
+        options = {"options": "-c synchronous_commit=off"} if fast else {}
+        return sa.create_engine(
+            sync_url(url),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=not fast,
+            connect_args=options,
+        )
     engine = sa.create_engine(sync_url(url))
     event.listen(engine, "connect", _on_sqlite_connect)
     return engine
 
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 """The newest migration; a test checks it is Alembic's head."""
 VERSION_TABLE = "am_alembic_version"
 

@@ -30,7 +30,7 @@ logger = logging.getLogger("agentmill.store")
 
 _STEP_FIELDS = [f.name for f in fields(StepRecord)]
 _EVENT_FIELDS = [f.name for f in fields(EventRecord)]
-_JSON_FIELDS = frozenset({"output", "usage", "data"})
+_JSON_FIELDS = frozenset({"output", "usage", "data", "details"})
 _RETRY_FOR = 30.0  # long enough for a PostgreSQL restart
 _FIRST_RETRY_DELAY = 0.1
 _MAX_RETRY_DELAY = 2.0
@@ -68,6 +68,7 @@ class Journal:
         row["status"] = str(step.status)
         row["output"] = None if step.output is None else json.dumps(step.output)
         row["usage"] = None if step.usage is None else json.dumps(step.usage)
+        row["details"] = None if step.details is None else json.dumps(step.details)
         with self._lock:
             self._steps[(step.run_id, step.key)] = row
 

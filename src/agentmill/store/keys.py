@@ -13,6 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -49,6 +50,9 @@ class ApiKey:
     created_at: float
     revoked_at: float | None
     last_used_at: float | None
+    budget: dict[str, Any] | None = None
+    """Limits on the runs the key starts, per UTC day and month:
+    `{"day": {"usd": 5.0}, "month": {"usd": 100.0, "tokens": 2000000}}`."""
 
     @property
     def active(self) -> bool:
@@ -75,8 +79,11 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def create(self, *, tenant: str, role: Role, name: str = "") -> tuple[ApiKey, str]:
-        """A new key and its secret (the only time the secret exists outside the caller)."""
+    async def create(
+        self, *, tenant: str, role: Role, name: str = "", budget: dict[str, Any] | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret (the only time the secret exists outside the caller).
+        `budget` limits the runs it starts per day and month (see `ApiKey.budget`)."""
         if not tenant.strip():
             raise InputError("a key needs a tenant: --tenant NAME")
         key_id = secrets.token_hex(6)
@@ -89,6 +96,7 @@ class KeyStore:
             created_at=time.time(),
             revoked_at=None,
             last_used_at=None,
+            budget=budget or None,
         )
         values = {**key.__dict__, "role": str(role), "digest": _digest(secret)}
         async with self._engine.begin() as conn:
@@ -109,6 +117,23 @@ class KeyStore:
             return None
         return _key(row._mapping)
 
+    async def budget(self, key_id: str) -> dict[str, Any] | None:
+        """The key's daily and monthly limits, if it has any."""
+        query = sa.select(api_keys.c.budget).where(api_keys.c.id == key_id)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).scalar()
+
+    async def set_budget(
+        self, key_id: str, budget: dict[str, Any] | None, *, tenant: str | None = None
+    ) -> ApiKey:
+        """Replace the key's limits (None removes them); applies to calls from now on."""
+        query = api_keys.update().where(api_keys.c.id == key_id)
+        if tenant is not None:
+            query = query.where(api_keys.c.tenant == tenant)
+        async with self._engine.begin() as conn:
+            await conn.execute(query.values(budget=budget or None))
+        return await self._get(key_id, tenant=tenant)
+
     async def touch(self, key_id: str) -> None:
         query = api_keys.update().where(api_keys.c.id == key_id)
         async with self._engine.begin() as conn:
@@ -128,10 +153,17 @@ class KeyStore:
             query = query.where(api_keys.c.tenant == tenant)
         async with self._engine.begin() as conn:
             await conn.execute(query.values(revoked_at=time.time()))
-        for key in await self.list(tenant=tenant):
-            if key.id == key_id:
-                return key
-        raise NotFoundError(f"no API key {key_id!r}: list keys with `agentmill keys list`")
+        return await self._get(key_id, tenant=tenant)
+
+    async def _get(self, key_id: str, *, tenant: str | None) -> ApiKey:
+        query = sa.select(api_keys).where(api_keys.c.id == key_id)
+        if tenant is not None:
+            query = query.where(api_keys.c.tenant == tenant)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFoundError(f"no API key {key_id!r}: list keys with `agentmill keys list`")
+        return _key(row._mapping)
 
 
 def _key(row: sa.RowMapping) -> ApiKey:
@@ -143,4 +175,5 @@ def _key(row: sa.RowMapping) -> ApiKey:
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
+        budget=row["budget"],
     )

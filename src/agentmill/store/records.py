@@ -65,6 +65,10 @@ class RunRecord:
     served: bool = False
     """Executed by server workers (through the shared queue), which adopt it if its worker
     dies; runs of an embedded engine (the CLI) are resumed by their user instead."""
+    budget: dict[str, Any] | None = None
+    """The per-run budget given at start (`{"usd": …, "tokens": …}`), replacing the workflow's."""
+    api_key_id: str | None = None
+    """The API key that started the run (its daily and monthly budgets apply)."""
 
     @property
     def step_ids(self) -> list[str]:
@@ -87,6 +91,10 @@ class StepRecord:
     model: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    cost_usd: float | None = None
+    """None when the call was made but its price is unknown, or for steps without a call."""
+    details: dict[str, Any] | None = None
+    """What the policies did: `cached`, `fallback`, `guard` ..."""
 
 
 @dataclass(frozen=True, kw_only=True)

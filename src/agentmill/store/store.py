@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmill.errors import NotFoundError
-from agentmill.store.db import create_engine, database_error, migrate
+from agentmill.store.db import create_engine, create_sync_engine, database_error, migrate
 from agentmill.store.journal import Journal
 from agentmill.store.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from agentmill.store.tables import events, runs, steps
@@ -27,9 +27,22 @@ DEFAULT_TENANT = "default"
 class Store:
     """agentmill's tables: runs, step checkpoints (with the journal) and event log."""
 
-    def __init__(self, engine: AsyncEngine, journal: Journal) -> None:
+    def __init__(self, engine: AsyncEngine, journal: Journal, *, url: str | None = None) -> None:
         self.engine = engine
         self.journal = journal
+        self._url = url
+        self._sync_engine: sa.Engine | None = None
+
+    @property
+    def sync_engine(self) -> sa.Engine:
+        """A blocking engine for short transactions run whole on a worker thread: one
+        thread hop per transaction instead of one per statement (budget reservations).
+        On PostgreSQL its commits do not wait for the WAL flush, like the journal's."""
+        if self._sync_engine is None:
+            if self._url is None:
+                raise RuntimeError("this store was opened without a URL")
+            self._sync_engine = create_sync_engine(self._url, pool_size=8, fast=True)
+        return self._sync_engine
 
     @classmethod
     async def open(cls, url: str, *, flush_interval: float = 0.05) -> Store:
@@ -38,13 +51,16 @@ class Store:
             await asyncio.to_thread(migrate, url)
         except (SQLAlchemyError, OSError) as exc:
             raise database_error(url, exc) from None
-        store = cls(create_engine(url), Journal(url, flush_interval=flush_interval))
+        store = cls(create_engine(url), Journal(url, flush_interval=flush_interval), url=url)
         store.journal.start()
         return store
 
     async def close(self) -> None:
         await self.journal.close()
         await self.engine.dispose()
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+            self._sync_engine = None
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncGenerator[bool]:

@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["api_keys", "approvals", "deliveries", "events", "metadata", "runs", "steps"]
+__all__ = [
+    "api_keys",
+    "approvals",
+    "budget_holds",
+    "budget_ledger",
+    "cache_entries",
+    "cache_stats",
+    "deliveries",
+    "events",
+    "metadata",
+    "rate_leases",
+    "rate_limits",
+    "runs",
+    "steps",
+]
 
 metadata = sa.MetaData()
 
@@ -41,6 +55,9 @@ runs = sa.Table(
     sa.Column("trigger", sa.JSON, nullable=True),
     sa.Column("auto_resume", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("served", sa.Boolean, nullable=False, server_default=sa.false()),
+    # added in 0003
+    sa.Column("budget", sa.JSON, nullable=True),
+    sa.Column("api_key_id", sa.String(32), nullable=True),
     sa.Index("ix_am_runs_tenant_created", "tenant", "created_at"),
     sa.Index("ix_am_runs_status", "status"),
     sa.Index("ux_am_runs_idempotency", "tenant", "idempotency_key", unique=True),
@@ -62,6 +79,9 @@ steps = sa.Table(
     sa.Column("model", sa.String(200), nullable=True),
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
+    # added in 0003
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("details", sa.JSON, nullable=True),
 )
 
 events = sa.Table(
@@ -87,6 +107,7 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float, nullable=True),
     sa.Column("last_used_at", sa.Float, nullable=True),
+    sa.Column("budget", sa.JSON, nullable=True),  # added in 0003
     sa.Index("ix_am_api_keys_tenant", "tenant"),
 )
 
@@ -117,4 +138,83 @@ deliveries = sa.Table(
     sa.Column("outcome", sa.String(40), nullable=False),
     sa.Column("run_ids", sa.JSON, nullable=False),
     sa.Column("received_at", sa.Float, nullable=False),
+)
+
+# 0003: budgets, response cache, shared rate limits
+
+budget_ledger = sa.Table(
+    "am_budget_ledger",
+    metadata,
+    # `run:<id>`, `run:<id>/agent:<name>`, `tenant:<t>/day:2026-11-23`, `key:<id>/month:2026-11`
+    sa.Column("scope", sa.String(400), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("spent_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("spent_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("reserved_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("reserved_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_am_budget_ledger_tenant", "tenant"),
+)
+
+budget_holds = sa.Table(
+    "am_budget_holds",
+    metadata,
+    sa.Column("id", sa.String(400), primary_key=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("call_key", sa.String(300), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("usd", sa.Float, nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("settled_at", sa.Float, nullable=True),
+    sa.Index("ix_am_budget_holds_run", "run_id", "status"),
+)
+
+cache_entries = sa.Table(
+    "am_cache",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("signature", sa.String(64), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float, nullable=False),
+    sa.Column("hits", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_am_cache_expires", "expires_at"),
+    sa.Index("ix_am_cache_usefulness", "hits", "last_used_at"),
+)
+
+cache_stats = sa.Table(
+    "am_cache_stats",
+    metadata,
+    sa.Column("tenant", sa.String(64), primary_key=True),
+    sa.Column("hits", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("misses", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("sets", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("evictions", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("expirations", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("integrity_failures", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+rate_limits = sa.Table(
+    "am_rate_limits",
+    metadata,
+    # `<provider>` or `<provider>:<model>`, as configured under `limits`
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("request_tat", sa.Float, nullable=False, server_default="0"),
+    sa.Column("token_tat", sa.Float, nullable=False, server_default="0"),
+)
+
+rate_leases = sa.Table(
+    "am_rate_leases",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(300), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_am_rate_leases_key", "key", "expires_at"),
 )

@@ -74,6 +74,8 @@ async def start_run(
         tenant=principal.tenant,
         idempotency_key=idempotency_key,
         trigger={"source": "api", "key": principal.key_id},
+        budget=body.budget,
+        api_key_id=principal.key_id,
     )
     response.headers["Location"] = f"/v1/runs/{run.id}"
     if existed:

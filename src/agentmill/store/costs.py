@@ -1,0 +1,147 @@
+"""What runs cost: per run from its steps, and totals per workflow or tenant.
+
+A call's cost is recorded on its step (`am_steps.cost_usd`); None means the model's price
+is unknown, which is reported as such and never counted as zero. A checkpoint copied from
+an earlier run (a retry from a step) finished before its run was created: it was paid for
+by that earlier run and is not counted again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agentmill.store.records import RunRecord, StepRecord, StepStatus
+from agentmill.store.tables import runs, steps
+
+__all__ = ["CostGroup", "CostSummary", "cost_totals", "run_cost", "spend_by_workflow"]
+
+CostGroup = Literal["workflow", "tenant"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CostSummary:
+    """Known spend in US dollars, and how many calls made it up or had no known price."""
+
+    usd: float = 0.0
+    calls: int = 0
+    unpriced_calls: int = 0
+    group: str | None = None
+    """The workflow or tenant a total belongs to."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every call had a known price (so `usd` is the whole cost)."""
+        return self.unpriced_calls == 0
+
+    def describe(self) -> str:
+        """`$0.0123`, or `$0.0123 + 2 calls of unknown price`, or `unknown`."""
+        if self.calls and self.unpriced_calls == self.calls:
+            return "unknown"
+        text = f"${self.usd:.4f}"
+        if self.unpriced_calls:
+            plural = "s" if self.unpriced_calls != 1 else ""
+            text += f" + {self.unpriced_calls} call{plural} of unknown price"
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "usd": round(self.usd, 8),
+            "calls": self.calls,
+            "unpriced_calls": self.unpriced_calls,
+            "complete": self.complete,
+        }
+        if self.group is not None:
+            data["group"] = self.group
+        return data
+
+
+def run_cost(run: RunRecord, records: Iterable[StepRecord]) -> CostSummary:
+    """The cost of the calls `run` itself made."""
+    usd, calls, unpriced = 0.0, 0, 0
+    for step in records:
+        if not _charged_to(run, step):
+            continue
+        calls += 1
+        if step.cost_usd is None:
+            unpriced += 1
+        else:
+            usd += step.cost_usd
+    return CostSummary(usd=usd, calls=calls, unpriced_calls=unpriced)
+
+
+def _charged_to(run: RunRecord, step: StepRecord) -> bool:
+    if step.status is not StepStatus.SUCCEEDED or step.model is None:
+        return False
+    return step.finished_at is None or step.finished_at >= run.created_at
+
+
+def _charged_calls() -> sa.Select[Any]:
+    """Succeeded model calls joined with their runs, reused checkpoints left out."""
+    return (
+        sa.select()
+        .select_from(steps.join(runs, runs.c.id == steps.c.run_id))
+        .where(
+            steps.c.status == str(StepStatus.SUCCEEDED),
+            steps.c.model.is_not(None),
+            steps.c.finished_at >= runs.c.created_at,
+        )
+    )
+
+
+_USD = sa.func.coalesce(sa.func.sum(steps.c.cost_usd), 0.0).label("usd")
+_UNPRICED = sa.func.coalesce(
+    sa.func.sum(sa.case((steps.c.cost_usd.is_(None), 1), else_=0)), 0
+).label("unpriced")
+
+
+async def spend_by_workflow(engine: AsyncEngine) -> list[tuple[str, str, float, int]]:
+    """(tenant, workflow, known usd, unpriced calls) over all time, for metrics."""
+    query = (
+        _charged_calls()
+        .add_columns(runs.c.tenant, runs.c.workflow, _USD, _UNPRICED)
+        .group_by(runs.c.tenant, runs.c.workflow)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    return [(str(r.tenant), str(r.workflow), float(r.usd), int(r.unpriced)) for r in rows]
+
+
+async def cost_totals(
+    engine: AsyncEngine,
+    *,
+    group_by: CostGroup,
+    tenant: str | None,
+    since: float | None = None,
+    until: float | None = None,
+) -> list[CostSummary]:
+    """Totals per workflow or tenant of calls finished in [since, until), most expensive
+    first; `tenant` None covers every tenant (local administration only)."""
+    column = runs.c.workflow if group_by == "workflow" else runs.c.tenant
+    query = (
+        _charged_calls()
+        .add_columns(column.label("group"), _USD, sa.func.count().label("calls"), _UNPRICED)
+        .group_by(column)
+    )
+    if tenant is not None:
+        query = query.where(runs.c.tenant == tenant)
+    if since is not None:
+        query = query.where(steps.c.finished_at >= since)
+    if until is not None:
+        query = query.where(steps.c.finished_at < until)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    totals = [
+        CostSummary(
+            group=str(row.group),
+            usd=float(row.usd),
+            calls=int(row.calls),
+            unpriced_calls=int(row.unpriced or 0),
+        )
+        for row in rows
+    ]
+    return sorted(totals, key=lambda total: (-total.usd, total.group or ""))
