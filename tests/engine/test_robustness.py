@@ -113,17 +113,19 @@ async def test_upkeep_survives_a_database_error(
     assert not engine._watcher.done()
 
 
-async def test_follow_ends_for_a_pending_run_nobody_will_execute(engine: Engine) -> None:
-    fake = ScriptedModel(latency=1)
-    with override_models(fake.model):
-        from agentmill.spec.loader import load_project_text
+async def test_follow_ends_for_a_pending_run_nobody_will_execute(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ours and pending, yet never started here: nothing will move it, so follow ends."""
+    from agentmill.spec.loader import load_project_text
 
-        run = await engine.submit(load_project_text(TWO, "t.yaml").spec, "w", {})
-        await engine.store.update_run(run.id, status=RunStatus.PENDING, owner=None)
-        engine._pending.discard(run.id)
-        assert engine._executor is not None
-        engine._executor.active.pop(run.id, None)
-        events = [e async for e in engine.follow(run.id, after=10_000)]
+    async def never_start(run: object) -> None:
+        return None
+
+    monkeypatch.setattr(engine, "_start_new", never_start)
+    run = await engine.submit(load_project_text(TWO, "t.yaml").spec, "w", {})
+    assert (await engine.store.get_run_any(run.id)).status is RunStatus.PENDING
+    events = [e async for e in engine.follow(run.id, after=10_000)]
     assert events == []
 
 
