@@ -20,6 +20,8 @@ SCRIPTS = [
     "bench_cache",
     "bench_budget",
     "bench_ratelimit",
+    "bench_cli",
+    "bench_cli_steps",
 ]
 
 

@@ -18,6 +18,7 @@ cancelled run is recorded as cancelled, an interrupted one stays resumable.
         ├── StepFailed              -- an agent step raised; carries step id and attempts
         ├── StepTimeout             -- an agent step went past its timeout
         ├── TemplateRenderError     -- a prompt/when/foreach template failed at run time
+        ├── CliFailed               -- a command-line agent exited non-zero or hit a limit
         ├── ProviderError           -- the model provider failed (transient or not)
         └── PolicyRefusal           -- a guard refused the call; never retried
             ├── BudgetExceeded      -- names the budget level, its limit and the spend
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 __all__ = [
     "AgentmillError",
     "BudgetExceeded",
+    "CliFailed",
     "ConfigError",
     "ConfigProblem",
     "GuardBlocked",
@@ -123,6 +125,16 @@ class StepTimeout(RunFailure):
         self.step = step
         self.seconds = seconds
         super().__init__(f"step '{step}' timed out after {seconds:g}s")
+
+
+class CliFailed(RunFailure):
+    """A command-line agent that exited non-zero, was killed, or went past a limit; the
+    message ends with the last lines of its stderr."""
+
+    def __init__(self, message: str, *, exit_code: int | None, limit: str | None) -> None:
+        self.exit_code = exit_code
+        self.limit = limit
+        super().__init__(message)
 
 
 class TemplateRenderError(RunFailure):

@@ -13,7 +13,13 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "credential_present", "credential_value", "secret_values"]
+__all__ = [
+    "Settings",
+    "credential_present",
+    "credential_value",
+    "granted_environment",
+    "secret_values",
+]
 
 
 class Settings(BaseSettings):
@@ -43,6 +49,11 @@ class Settings(BaseSettings):
     )
     cache_max_bytes: int = Field(
         default=256 * 1024 * 1024, gt=0, description="Size bound of the response cache"
+    )
+
+    # command-line agents
+    worktrees: Path | None = Field(
+        default=None, description="Where step worktrees live; `home`/worktrees when unset"
     )
 
     # client: with both set, the CLI talks to a server instead of running the engine
@@ -80,10 +91,20 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.resolved_database_url.startswith("sqlite")
 
+    @property
+    def worktree_root(self) -> Path:
+        """The absolute directory holding the git worktrees of command-line steps."""
+        return (self.worktrees or self.home / "worktrees").resolve()
+
 
 def credential_present(env_var: str) -> bool:
     """Whether an API key variable is set, without exposing its value."""
     return bool(os.environ.get(env_var))
+
+
+def granted_environment(names: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The values of the environment variables a command-line agent is granted (those set)."""
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def credential_value(env_var: str) -> str | None:

@@ -66,7 +66,7 @@ def test_features_not_built_yet_are_unknown_keys(tmp_path: Path) -> None:
         tmp_path,
         """\
         agents:
-          coder: {runtime: cli, command: [claude]}
+          coder: {runtime: shell, script: make}
         workflows:
           w:
             steps:
@@ -74,8 +74,8 @@ def test_features_not_built_yet_are_unknown_keys(tmp_path: Path) -> None:
         """,
     )
     assert lines == [
-        "2: 'runtime' in agent 'coder' must be 'llm', got 'cli'",
-        "2: unknown key 'command' in agent 'coder'",
+        "2: 'runtime' in agent 'coder' must be one of 'llm' or 'cli', got 'shell'",
+        "2: unknown key 'script' in agent 'coder'",
     ]
 
 

@@ -8,10 +8,19 @@ growing flags inside it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Agent", "StepContext", "StepRequest", "StepResult", "Usage"]
+__all__ = [
+    "Agent",
+    "DurableContext",
+    "StepContext",
+    "StepRequest",
+    "StepResult",
+    "Usage",
+    "as_durable",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +94,53 @@ class StepContext(Protocol):
     async def emit_text(self, text: str) -> None:
         """Append a chunk of output text (streamed live, persisted in order)."""
         ...
+
+
+@runtime_checkable
+class DurableContext(StepContext, Protocol):
+    """What the engine's context also offers: structured events and state kept across
+    attempts, so a call interrupted by a crash can pick up where it was (a session id)."""
+
+    async def emit_event(self, kind: str, **data: Any) -> None:
+        """Append a `step_<kind>` event (e.g. `step_tool`) to the run's event log."""
+        ...
+
+    @property
+    def saved(self) -> Mapping[str, Any]:
+        """What earlier attempts of this call saved; empty on a first attempt."""
+        ...
+
+    async def save(self, **values: Any) -> None:
+        """Record values durably now; a later attempt (even after a crash) reads them."""
+        ...
+
+
+class _Ephemeral:
+    """A DurableContext over a plain StepContext: events are dropped, nothing is kept."""
+
+    def __init__(self, inner: StepContext) -> None:
+        self._inner = inner
+        self._saved: dict[str, Any] = {}
+
+    async def emit_text(self, text: str) -> None:
+        await self._inner.emit_text(text)
+
+    async def emit_event(self, kind: str, **data: Any) -> None:
+        return None
+
+    @property
+    def saved(self) -> Mapping[str, Any]:
+        return self._saved
+
+    async def save(self, **values: Any) -> None:
+        self._saved.update(values)
+
+
+def as_durable(context: StepContext) -> DurableContext:
+    """The context itself when it is durable, else an adapter that keeps nothing."""
+    if isinstance(context, DurableContext):
+        return context
+    return _Ephemeral(context)
 
 
 class Agent(ABC):

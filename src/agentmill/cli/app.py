@@ -141,11 +141,15 @@ def costs(
 
 
 @app.command()
-def doctor() -> None:
-    """Check the database, installed extras, API keys and the local model."""
+def doctor(
+    file: Annotated[
+        Path | None, typer.Argument(help="Config file whose command-line presets to check too")
+    ] = None,
+) -> None:
+    """Check the database, extras, API keys, the local model and command-line tools."""
     from agentmill.cli.doctor import run_doctor
 
-    run_command(run_doctor)
+    run_command(lambda: run_doctor(file))
 
 
 def main() -> None:

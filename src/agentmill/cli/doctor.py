@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
@@ -10,6 +13,7 @@ from rich.table import Table
 from agentmill.cli.exits import EXIT_FAILED, EXIT_OK, out
 from agentmill.errors import AgentmillError
 from agentmill.settings import Settings, credential_present
+from agentmill.spec.presets import PresetSpec
 
 __all__ = ["run_doctor"]
 
@@ -25,7 +29,7 @@ _EXTRAS = [
 _KEYS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "GROQ_API_KEY"]
 
 
-async def run_doctor() -> int:
+async def run_doctor(config: Path | None = None) -> int:
     settings = Settings()
     table = Table("check", "status", "detail", box=None)
     database_ok = await _check_database(settings, table)
@@ -38,7 +42,38 @@ async def run_doctor() -> int:
         table.add_row(var, _mark(present, missing="not set"), "set" if present else "")
     _check_local_model(table)
     out().print(table)
+    out().print(await _tools_table(_project_presets(config)))
     return EXIT_OK if database_ok else EXIT_FAILED
+
+
+async def _tools_table(presets: Mapping[str, PresetSpec]) -> Table:
+    from agentmill.agents.cli.tools import tool_statuses
+
+    table = Table("command-line preset", "program", "status", "version or fix", box=None)
+    for tool in await tool_statuses(presets):
+        if tool.program is None:
+            table.add_row(tool.preset, "-", "[green]ok[/]", "runs the agent's own `command`")
+        elif tool.path is None:
+            table.add_row(tool.preset, tool.program, _mark(False), escape(tool.install))
+        else:
+            table.add_row(tool.preset, escape(tool.path), _mark(True), escape(tool.version or ""))
+    for program, package in (("git", "git"), ("prlimit", "util-linux")):
+        found = shutil.which(program)
+        table.add_row(
+            program,
+            escape(found or program),
+            _mark(bool(found)),
+            "" if found else f"install {package}",
+        )
+    return table
+
+
+def _project_presets(config: Path | None) -> Mapping[str, PresetSpec]:
+    if config is None:
+        return {}
+    from agentmill.spec.loader import load_project
+
+    return load_project(config).spec.presets
 
 
 async def _check_database(settings: Settings, table: Table) -> bool:

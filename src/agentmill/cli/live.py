@@ -147,6 +147,14 @@ class ProgressView:
             f"{escape(str(event.data.get('error')))}; retrying in {event.data.get('delay')}s"
         )
 
+    def _tool(self, view: _StepView, event: EventRecord) -> None:
+        if event.attempt == view.attempt:
+            self._line(f"[dim]  {escape(view.key)} uses {escape(str(event.data.get('tool')))}[/]")
+
+    def _session(self, view: _StepView, event: EventRecord) -> None:
+        session = escape(str(event.data.get("session_id")))
+        self._line(f"[dim]  {escape(view.key)} tool session {session}[/]")
+
     def _skipped(self, view: _StepView, event: EventRecord) -> None:
         view.status = "skipped"
         self._line(f"[dim]⤼ {escape(view.key)} skipped (when: false)[/]")
@@ -192,6 +200,8 @@ _HANDLERS = {
     "step_failed": ProgressView._failed,
     "step_retrying": ProgressView._retrying,
     "step_skipped": ProgressView._skipped,
+    "step_tool": ProgressView._tool,
+    "step_session": ProgressView._session,
     "step_blocked": ProgressView._blocked,
     "approval_requested": ProgressView._approval_requested,
     "approval_decided": ProgressView._approval_decided,

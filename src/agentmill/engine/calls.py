@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from agentmill.agents.base import Agent, StepRequest, StepResult
 from agentmill.engine.events import RunEmitter
@@ -18,7 +20,10 @@ from agentmill.logs import current_step
 from agentmill.policy.retry import AttemptNote, noting, retry_delay, retryable
 from agentmill.store import StepRecord, StepStatus, Store
 
-__all__ = ["CallSpec", "run_call"]
+__all__ = ["SAVED", "CallSpec", "run_call"]
+
+SAVED = "saved"
+"""The key of a call's `details` holding what its agent saved for a later attempt."""
 
 logger = logging.getLogger("agentmill.engine")
 
@@ -37,15 +42,47 @@ class CallSpec:
 
 
 class _Context:
-    """The StepContext given to an agent: streams text as `step_output` events."""
+    """The DurableContext given to an agent: streams text as `step_output` events and keeps
+    what the agent saves in the call's RUNNING checkpoint, where a retry finds it."""
 
-    def __init__(self, emitter: RunEmitter, key: str, attempt: int) -> None:
+    def __init__(
+        self,
+        emitter: RunEmitter,
+        store: Store,
+        request: StepRequest,
+        *,
+        attempt: int,
+        started: float,
+        saved: dict[str, Any],
+    ) -> None:
         self._emitter = emitter
-        self._key = key
+        self._store = store
+        self._request = request
         self._attempt = attempt
+        self._started = started
+        self._saved = saved
 
     async def emit_text(self, text: str) -> None:
-        self._emitter.emit("step_output", step=self._key, attempt=self._attempt, text=text)
+        self._emitter.emit("step_output", step=self._request.key, attempt=self._attempt, text=text)
+
+    async def emit_event(self, kind: str, **data: Any) -> None:
+        self._emitter.emit(f"step_{kind}", step=self._request.key, attempt=self._attempt, **data)
+
+    @property
+    def saved(self) -> Mapping[str, Any]:
+        return self._saved
+
+    async def save(self, **values: Any) -> None:
+        self._saved.update(values)
+        record = _record(
+            self._request,
+            StepStatus.RUNNING,
+            self._attempt,
+            started_at=self._started,
+            details={SAVED: dict(self._saved)},
+        )
+        self._store.journal.put_step(record)
+        await self._store.journal.commit()
 
 
 async def run_call(
@@ -63,15 +100,20 @@ async def run_call(
     attempt = earlier_attempts
     max_attempts = earlier_attempts + (call.retries + 1) * call.models
     retry_number = 0
+    saved = _saved(previous)
     while True:
         attempt += 1
         note = AttemptNote(retries=call.retries, first=attempt == earlier_attempts + 1)
-        record, error = await _attempt(call, attempt, note, store=store, emitter=emitter)
+        record, error = await _attempt(
+            call, attempt, note, saved=saved, store=store, emitter=emitter
+        )
         if record is not None:
             return record
         assert error is not None
         if attempt >= max_attempts or not retryable(error):
-            return await _fail(call, attempt, error, note, store=store, emitter=emitter)
+            return await _fail(
+                call, attempt, error, note, saved=saved, store=store, emitter=emitter
+            )
         if note.switching:
             retry_number, delay = 0, 0.0
         else:
@@ -90,19 +132,34 @@ async def run_call(
         await asyncio.sleep(delay)
 
 
+def _saved(previous: StepRecord | None) -> dict[str, Any]:
+    """What the agent saved during earlier attempts (kept through a crash or a failure)."""
+    details = (previous.details if previous is not None else None) or {}
+    return dict(details.get(SAVED) or {})
+
+
 async def _attempt(
-    call: CallSpec, attempt: int, note: AttemptNote, *, store: Store, emitter: RunEmitter
+    call: CallSpec,
+    attempt: int,
+    note: AttemptNote,
+    *,
+    saved: dict[str, Any],
+    store: Store,
+    emitter: RunEmitter,
 ) -> tuple[StepRecord | None, Exception | None]:
     request = call.request
     current_step.set(request.key)
     started = time.time()
-    store.journal.put_step(_record(request, StepStatus.RUNNING, attempt, started_at=started))
+    kept = {SAVED: dict(saved)} if saved else None
+    store.journal.put_step(
+        _record(request, StepStatus.RUNNING, attempt, started_at=started, details=kept)
+    )
     if attempt > 1:
         # Clients drop the partial output of earlier attempts of this step.
         emitter.emit("step_started", step=request.key, attempt=attempt, supersedes=attempt - 1)
     else:
         emitter.emit("step_started", step=request.key, attempt=attempt)
-    context = _Context(emitter, request.key, attempt)
+    context = _Context(emitter, store, request, attempt=attempt, started=started, saved=saved)
     attempt_request = replace(request, attempt=attempt)
     deadline = asyncio.timeout(call.timeout)
     try:
@@ -161,12 +218,13 @@ async def _fail(
     error: Exception,
     note: AttemptNote,
     *,
+    saved: dict[str, Any],
     store: Store,
     emitter: RunEmitter,
 ) -> StepRecord:
     request = call.request
     message = str(StepFailed(request.key, _describe(error), attempts=attempt))
-    details = note.details or None
+    details = {**note.details, **({SAVED: dict(saved)} if saved else {})} or None
     record = _record(
         request,
         StepStatus.FAILED,

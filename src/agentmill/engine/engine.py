@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy.exc import IntegrityError
@@ -183,7 +184,7 @@ class Engine:
         if workflow not in project.workflows:
             known = ", ".join(sorted(project.workflows)) or "none"
             raise NotFoundError(f"no workflow {workflow!r} (workflows: {known})")
-        plan = build_plan(project, workflow)
+        plan = build_plan(project, workflow, base_dir=_base_dir(config_path))
         check_cache_secret(plan, self.settings)
         inputs = coerce_inputs(plan.workflow, raw_inputs)
         if idempotency_key is not None:
@@ -586,3 +587,10 @@ def _new_run(
         **owned,
         **extra,
     )
+
+
+def _base_dir(config_path: str | None) -> str:
+    """Where relative paths of the config file start: its directory, else the current one."""
+    if config_path is None:
+        return str(Path.cwd())
+    return str(Path(config_path).resolve().parent)

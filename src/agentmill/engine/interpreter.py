@@ -40,6 +40,15 @@ class NodeOutcome:
     output: Any = None
     error: str | None = None
     usage: Usage = field(default_factory=Usage)
+    details: dict[str, Any] | None = None
+
+
+class DiffView(dict[str, Any]):
+    """`steps.<id>.diff` of a command-line step in a worktree: renders as the `git diff
+    --stat` summary followed by the patch; `.files`, `.stat` and `.patch` read the parts."""
+
+    def __str__(self) -> str:
+        return "\n".join(part for part in (self.get("stat"), self.get("patch")) if part)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,6 +274,9 @@ def _view(step: StepSpec, outcome: NodeOutcome) -> dict[str, Any]:
         "skipped": outcome.status is StepStatus.SKIPPED,
         "usage": outcome.usage.to_json(),
     }
+    if step.agent is not None:
+        diff = (outcome.details or {}).get("diff")
+        view["diff"] = DiffView(diff) if isinstance(diff, dict) else None
     if step.approval is not None:
         decision: dict[str, Any] = outcome.output if isinstance(outcome.output, dict) else {}
         view["approved"] = bool(decision.get("approved", False))
@@ -274,7 +286,11 @@ def _view(step: StepSpec, outcome: NodeOutcome) -> dict[str, Any]:
 
 def _node_outcome(record: StepRecord) -> NodeOutcome:
     return NodeOutcome(
-        status=record.status, output=record.output, error=record.error, usage=_usage(record)
+        status=record.status,
+        output=record.output,
+        error=record.error,
+        usage=_usage(record),
+        details=record.details,
     )
 
 

@@ -20,6 +20,7 @@ from agentmill.spec.models import (
     RateLimitSpec,
     WorkflowSpec,
 )
+from agentmill.spec.presets import DEFAULT_PRESET, PresetSpec
 
 __all__ = ["RunPlan", "build_plan", "downstream_of"]
 
@@ -41,6 +42,10 @@ class RunPlan:
     budgets: BudgetsSpec = field(default_factory=BudgetsSpec)
     limits: dict[str, RateLimitSpec] = field(default_factory=dict)
     breaker: BreakerSpec = field(default_factory=BreakerSpec)
+    presets: dict[str, PresetSpec] = field(default_factory=dict)
+    """The resolved preset of every command-line agent, by preset name."""
+    base_dir: str | None = None
+    """The config file's directory: relative `repo` and `workdir` paths start there."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +56,11 @@ class RunPlan:
             "budgets": self.budgets.model_dump(mode="json", exclude_unset=True),
             "limits": _LIMITS.dump_python(self.limits, mode="json", exclude_unset=True),
             "breaker": self.breaker.model_dump(mode="json", exclude_unset=True),
+            "presets": {
+                name: preset.model_dump(mode="json", exclude_defaults=True)
+                for name, preset in self.presets.items()
+            },
+            "base_dir": self.base_dir,
             "workflow_name": self.workflow_name,
             "workflow": self.workflow.model_dump(mode="json", exclude_unset=True),
             "agents": {
@@ -76,15 +86,21 @@ class RunPlan:
             budgets=BudgetsSpec.model_validate(data.get("budgets", {})),
             limits=_LIMITS.validate_python(data.get("limits", {})),
             breaker=BreakerSpec.model_validate(data.get("breaker", {})),
+            presets={n: PresetSpec.model_validate(p) for n, p in data.get("presets", {}).items()},
+            base_dir=data.get("base_dir"),
         )
 
 
-def build_plan(project: ProjectSpec, workflow_name: str) -> RunPlan:
+def build_plan(project: ProjectSpec, workflow_name: str, *, base_dir: str | None = None) -> RunPlan:
     """The plan for one workflow of a validated project."""
     workflow = project.workflows[workflow_name]
     names = sorted({step.agent for step in workflow.steps if step.agent is not None})
     agents = {name: project.agents[name] for name in names}
-    models = {name: project.model_for(agent) for name, agent in agents.items()}
+    models = {
+        name: project.model_for(agent) for name, agent in agents.items() if agent.runtime == "llm"
+    }
+    used = {agent.preset or DEFAULT_PRESET for agent in agents.values() if agent.runtime == "cli"}
+    presets = {name: resolve_preset(project, name) for name in sorted(used)}
     fallbacks = {
         name: project.fallbacks_for(agent) for name, agent in agents.items() if agent.fallback
     }
@@ -97,7 +113,16 @@ def build_plan(project: ProjectSpec, workflow_name: str) -> RunPlan:
         budgets=project.budgets,
         limits=project.limits,
         breaker=project.breaker,
+        presets=presets,
+        base_dir=base_dir,
     )
+
+
+def resolve_preset(project: ProjectSpec, name: str) -> PresetSpec:
+    """A built-in preset with the config file's changes, or a preset the file defines."""
+    from agentmill.agents.cli.presets import load_presets
+
+    return load_presets(project.presets)[name]
 
 
 def downstream_of(workflow: WorkflowSpec, step_id: str) -> set[str]:

@@ -9,12 +9,35 @@ from agentmill.errors import ConfigProblem, UserError
 from agentmill.spec.loader import LoadedProject, load_project
 from agentmill.spec.models import ModelEndpoint
 
-__all__ = ["load_checked", "model_problems"]
+__all__ = ["cli_problems", "load_checked", "model_problems"]
 
 
 def load_checked(path: Path) -> LoadedProject:
-    """Load and validate a config file, including that every model it uses is usable here."""
-    return load_project(path, checks=model_problems)
+    """Load and validate a config file, including that every model and command-line tool
+    it uses is usable here."""
+    return load_project(path, checks=lambda loaded: model_problems(loaded) + cli_problems(loaded))
+
+
+def cli_problems(loaded: LoadedProject) -> list[ConfigProblem]:
+    """One problem per command-line agent whose preset, binary or repository is missing."""
+    from agentmill.agents.cli.checks import agent_problem
+    from agentmill.agents.cli.presets import load_presets, preset_problems
+
+    problems: list[ConfigProblem] = []
+    merged = load_presets(loaded.spec.presets)
+    for name in loaded.spec.presets:
+        for found in preset_problems(merged[name]):
+            problems.append(loaded.problem(f"preset '{name}': {found}", "presets", name))
+    base = loaded.path.resolve().parent
+    for name, agent in loaded.spec.agents.items():
+        if agent.runtime != "cli":
+            continue
+        found = agent_problem(agent, presets=loaded.spec.presets, base_dir=base)
+        if found is not None:
+            message, key, hint = found
+            where = ("agents", name, key) if key else ("agents", name)
+            problems.append(loaded.problem(f"agent '{name}': {message}", *where, hint=hint))
+    return problems
 
 
 def model_problems(loaded: LoadedProject) -> list[ConfigProblem]:
@@ -23,6 +46,8 @@ def model_problems(loaded: LoadedProject) -> list[ConfigProblem]:
     spec = loaded.spec
     seen: dict[str, str | None] = {}
     for name, agent in spec.agents.items():
+        if agent.runtime != "llm":
+            continue
         where = ("agents", name, "model") if agent.model else ("agents", name)
         refs = [(spec.model_for(agent), where)]
         refs += [

@@ -68,6 +68,9 @@ def build_call_agent(
     """The agent doing calls of `name` in this run, with its policies, and how many
     models it may use (its own plus fallbacks)."""
     spec = plan.agents[name]
+    if spec.runtime == "cli":
+        cli = _cli_agent(name, plan=plan, services=services)
+        return guarded(cli, guard=plan.workflow.guard, bounds_own_output=True), 1
     refs = [plan.models[name], *plan.fallbacks.get(name, [])]
     llms = [_llm(name, ref, plan=plan, scope=scope) for ref in refs]
     models = [_guarded_model(name, llm, plan=plan, scope=scope, services=services) for llm in llms]
@@ -81,6 +84,17 @@ def build_call_agent(
             identity=llms[0].identity(),
         )
     return guarded(agent, guard=plan.workflow.guard), len(refs)
+
+
+def _cli_agent(name: str, *, plan: RunPlan, services: PolicyServices) -> Agent:
+    """A command-line agent: no model policies apply (the tool calls its own provider)."""
+    from agentmill.agents.cli.agent import CliAgent, PresetSlots, cli_call
+
+    slots = services.shared.setdefault("cli_slots", PresetSlots())
+    call = cli_call(
+        plan.agents[name], presets=plan.presets, base_dir=plan.base_dir, settings=services.settings
+    )
+    return CliAgent(call, slots=slots)
 
 
 def _guarded_model(

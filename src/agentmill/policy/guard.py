@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from jinja2 import TemplateSyntaxError
 
-from agentmill.agents.base import Agent, StepContext, StepRequest, StepResult
+from agentmill.agents.base import Agent, StepContext, StepRequest, StepResult, as_durable
 from agentmill.errors import GuardBlocked
 from agentmill.policy.injection import Finding, screen
 from agentmill.spec.models import GuardSpec, WorkflowSpec
@@ -38,26 +39,32 @@ DEFAULT_MAX_OUTPUT_CHARS = 1_000_000
 """Limit of a call's output when the workflow sets no `guard.max_output_chars`."""
 
 
-def guarded(inner: Agent, *, guard: GuardSpec) -> Agent:
-    """`inner` behind the workflow's guard (always: the size limits have defaults)."""
-    return GuardedAgent(inner, guard=guard)
+def guarded(inner: Agent, *, guard: GuardSpec, bounds_own_output: bool = False) -> Agent:
+    """`inner` behind the workflow's guard (always: the size limits have defaults).
+
+    An agent that `bounds_own_output` (a command-line tool, capped at its `max_output`)
+    gets an output limit only when the workflow sets `max_output_chars` itself.
+    """
+    return GuardedAgent(inner, guard=guard, bounds_own_output=bounds_own_output)
 
 
 class GuardedAgent(Agent):
     """Refuses oversized prompts, screens untrusted text, and bounds the output."""
 
-    def __init__(self, inner: Agent, *, guard: GuardSpec) -> None:
+    def __init__(self, inner: Agent, *, guard: GuardSpec, bounds_own_output: bool = False) -> None:
         self.inner = inner
         self.guard = guard
+        self.bounds_own_output = bounds_own_output
 
     async def run(self, request: StepRequest, context: StepContext) -> StepResult:
         self._check_prompt(request)
         flagged = self._screen(request)
-        limit = self.guard.max_output_chars or DEFAULT_MAX_OUTPUT_CHARS
-        bounded = _BoundedContext(context, limit=limit, key=request.key, preset=self._preset)
-        result = await self.inner.run(request, bounded)
+        limit = self._output_limit()
+        if limit is not None:
+            context = _BoundedContext(context, limit=limit, key=request.key, preset=self._preset)
+        result = await self.inner.run(request, context)
         size = _size(result.output)
-        if size > limit:
+        if limit is not None and size > limit:
             raise GuardBlocked(_output_message(request.key, size, limit, self._preset))
         if flagged:
             details = {**result.details, "guard": {"flagged": flagged}}
@@ -67,6 +74,11 @@ class GuardedAgent(Agent):
     @property
     def _preset(self) -> bool:
         return self.guard.max_output_chars is None
+
+    def _output_limit(self) -> int | None:
+        if self.guard.max_output_chars is not None:
+            return self.guard.max_output_chars
+        return None if self.bounds_own_output else DEFAULT_MAX_OUTPUT_CHARS
 
     def _check_prompt(self, request: StepRequest) -> None:
         limit = self.guard.max_prompt_chars or DEFAULT_MAX_PROMPT_CHARS
@@ -105,6 +117,7 @@ class _BoundedContext:
 
     def __init__(self, inner: StepContext, *, limit: int, key: str, preset: bool) -> None:
         self._inner = inner
+        self._durable = as_durable(inner)
         self._limit = limit
         self._key = key
         self._preset = preset
@@ -117,6 +130,16 @@ class _BoundedContext:
                 _output_message(self._key, self._chars, self._limit, self._preset, streamed=True)
             )
         await self._inner.emit_text(text)
+
+    async def emit_event(self, kind: str, **data: Any) -> None:
+        await self._durable.emit_event(kind, **data)
+
+    @property
+    def saved(self) -> Mapping[str, Any]:
+        return self._durable.saved
+
+    async def save(self, **values: Any) -> None:
+        await self._durable.save(**values)
 
 
 def _blocked_message(source: str, finding: Finding) -> str:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agentmill.spec.durations import Duration
+from agentmill.spec.presets import PresetSpec
+from agentmill.spec.sizes import Size
 
 __all__ = [
     "DEFAULT_APPROVAL_TIMEOUT",
@@ -21,6 +23,7 @@ __all__ = [
     "BudgetSpec",
     "BudgetsSpec",
     "CacheSpec",
+    "CliLimits",
     "ConcurrencySpec",
     "GithubTrigger",
     "GuardSpec",
@@ -128,10 +131,38 @@ class GuardSpec(_Strict):
     max_output_chars: int | None = Field(default=None, gt=0)
 
 
-class AgentSpec(_Strict):
-    """An LLM agent: which model, how it behaves, and its limits."""
+class CliLimits(_Strict):
+    """Resource limits of a command-line agent's processes (each process, except `processes`)."""
 
-    runtime: Literal["llm"] = "llm"
+    cpu: Duration | None = Field(default=None, description="CPU time per process")
+    memory: Size | None = Field(default=None, description="Address space per process")
+    processes: int | None = Field(default=None, gt=0, description="Processes alive at once")
+    files: int | None = Field(default=None, gt=0, description="Open files per process")
+
+
+WORKTREE = "worktree"
+"""`workdir: worktree`: a fresh git worktree of `repo` per step, on its own branch."""
+
+_LLM_ONLY = ("model", "instructions", "max_tokens", "temperature", "output", "cache", "fallback")
+_CLI_ONLY = (
+    "preset",
+    "command",
+    "args",
+    "env",
+    "workdir",
+    "repo",
+    "max_output",
+    "limits",
+    "stdin",
+    "keep_worktree",
+    "grace",
+)
+
+
+class AgentSpec(_Strict):
+    """An agent: an LLM (`runtime: llm`, the default) or a command-line tool (`runtime: cli`)."""
+
+    runtime: Literal["llm", "cli"] = "llm"
     model: str | None = Field(
         default=None, description="A key of `models`, or a model string like openai:gpt-4o"
     )
@@ -150,6 +181,39 @@ class AgentSpec(_Strict):
         description="Models (keys of `models` or model strings) tried in order when the "
         "agent's model fails after its retries or its provider's circuit is open",
     )
+    preset: str | None = Field(
+        default=None, description="cli: claude, codex, gemini, aider, generic or a `presets` key"
+    )
+    command: list[str] | None = Field(
+        default=None, min_length=1, description="cli: argument list; each item is a template"
+    )
+    args: list[str] = Field(
+        default_factory=list, description="cli: argument templates added after the command"
+    )
+    env: list[str] | None = Field(
+        default=None,
+        description="cli: environment variables passed to the tool (default: the preset's)",
+    )
+    workdir: str | None = Field(
+        default=None, description="cli: `worktree` (default) or a directory"
+    )
+    repo: str = Field(default=".", description="cli: the git repository worktrees come from")
+    max_output: Size = Field(default=1_000_000, description="cli: stdout bytes kept")
+    limits: CliLimits = Field(default_factory=CliLimits)
+    stdin: str | None = Field(default=None, description="cli: template written to stdin")
+    keep_worktree: Literal["on-failure", "always", "never"] = "on-failure"
+    grace: Duration = Field(default=10.0, description="cli: SIGTERM to SIGKILL on a stop")
+
+    @model_validator(mode="after")
+    def _fields_of_its_runtime(self) -> AgentSpec:
+        given = self.model_fields_set
+        foreign = _LLM_ONLY if self.runtime == "cli" else _CLI_ONLY
+        misplaced = [key for key in foreign if key in given]
+        if misplaced:
+            other = "llm" if self.runtime == "cli" else "cli"
+            names = ", ".join(f"'{key}'" for key in misplaced)
+            raise ValueError(f"{names} only apply to agents with runtime: {other}")
+        return self
 
 
 InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
@@ -276,6 +340,10 @@ class ProjectSpec(_Strict):
         default_factory=dict, description="Keyed by provider (`openai`) or model (`openai:gpt-4o`)"
     )
     breaker: BreakerSpec = Field(default_factory=BreakerSpec)
+    presets: dict[str, PresetSpec] = Field(
+        default_factory=dict,
+        description="Command-line tools: new presets, or fields changed in a built-in one",
+    )
 
     def model_for(self, agent: AgentSpec) -> str | ModelEndpoint:
         """The resolved model of an agent: alias lookup, then `default`, then the local model."""

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPROVAL_FIELDS",
+    "CLI_STEP_FIELDS",
     "KNOWN_PROVIDERS",
     "LOCAL_MODELS",
     "STEP_FIELDS",
@@ -52,6 +53,9 @@ LOCAL_MODELS = ("local:smollm2",)
 
 STEP_FIELDS = ("output", "skipped", "usage")
 """What a template can read of an upstream step: `steps.<id>.output`, `.skipped`, `.usage`."""
+
+CLI_STEP_FIELDS = (*STEP_FIELDS, "diff")
+"""A step of a command-line agent also has `steps.<id>.diff` (its worktree's changes)."""
 
 APPROVAL_FIELDS = ("output", "skipped", "approved", "comment")
 """What a template can read of an approval gate: `steps.<id>.approved`, `.comment`, ..."""
@@ -308,13 +312,18 @@ class _WorkflowCheck:
             return f"{scope.what} refers to unknown step '{target}'", hint
         if scope.step is not None and (found := self._order_problem(target, scope)):
             return found
-        gate = self.workflow.steps[self.index[target]].approval is not None
-        fields = APPROVAL_FIELDS if gate else STEP_FIELDS
+        fields = self._fields_of(self.workflow.steps[self.index[target]])
         if len(ref.path) > 1 and ref.path[1] not in fields:
             field = str(ref.path[1])
             hint = _join(did_you_mean(field, fields), f"a step has: {', '.join(fields)}")
             return f"{scope.what} uses unknown field '{field}' of step '{target}'", hint
         return None
+
+    def _fields_of(self, step: StepSpec) -> tuple[str, ...]:
+        if step.approval is not None:
+            return APPROVAL_FIELDS
+        agent = self.loaded.spec.agents.get(step.agent or "")
+        return CLI_STEP_FIELDS if agent is not None and agent.runtime == "cli" else STEP_FIELDS
 
     def _order_problem(self, target: str, scope: _Scope) -> Problem | None:
         """Whether the step of `scope` runs after `target`, so that it can read its output."""

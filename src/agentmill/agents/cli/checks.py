@@ -1,0 +1,86 @@
+"""What a command-line agent needs on this machine, checked when its config is loaded:
+a known preset with a command, its binary on PATH, a git repository for worktrees, and
+`prlimit` when it sets resource limits."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from agentmill.agents.cli.presets import load_presets
+from agentmill.spec.models import WORKTREE, AgentSpec
+from agentmill.spec.presets import DEFAULT_PRESET, PresetSpec
+
+__all__ = ["Problem", "agent_problem", "binary_of"]
+
+Problem = tuple[str, str | None, str | None]
+"""(message, the agent's key it is about or None, hint)."""
+
+
+def agent_problem(
+    agent: AgentSpec, *, presets: Mapping[str, PresetSpec], base_dir: Path
+) -> Problem | None:
+    """The first thing stopping this agent from running here, or None."""
+    known = load_presets(presets)
+    name = agent.preset or DEFAULT_PRESET
+    if name not in known:
+        return (
+            f"unknown preset '{name}'",
+            "preset",
+            f"use one of {', '.join(sorted(known))}, or define it under `presets:`",
+        )
+    command = agent.command or known[name].command
+    if not command:
+        return (
+            f"preset '{name}' has no command of its own",
+            None,
+            "give the agent a `command: [program, arg, ...]`",
+        )
+    return (
+        _binary_problem(command[0], name, known[name])
+        or _repo_problem(agent, base_dir)
+        or _limits_problem(agent)
+    )
+
+
+def binary_of(command: list[str]) -> str | None:
+    """The program a command runs, when it is not a template."""
+    program = command[0] if command else ""
+    return None if "{{" in program or "{%" in program else program
+
+
+def _binary_problem(program: str, preset_name: str, preset: PresetSpec) -> Problem | None:
+    if binary_of([program]) is None or shutil.which(program) is not None:
+        return None
+    hint = preset.install or "install it, or fix the first item of `command`"
+    return f"'{program}' (preset {preset_name}) is not on PATH", "command", hint
+
+
+def _repo_problem(agent: AgentSpec, base_dir: Path) -> Problem | None:
+    if agent.workdir not in (None, WORKTREE):
+        directory = (base_dir / str(agent.workdir)).resolve()
+        if directory.is_dir():
+            return None
+        return f"workdir {directory} is not a directory", "workdir", "create it or fix `workdir`"
+    repo = (base_dir / agent.repo).resolve()
+    if (repo / ".git").exists():
+        return None
+    return (
+        f"worktrees need a git repository, and {repo} is not one",
+        "repo",
+        "point `repo` at a repository (relative to the config file), run "
+        "`git init && git commit --allow-empty -m init` there, or set `workdir` to a directory",
+    )
+
+
+def _limits_problem(agent: AgentSpec) -> Problem | None:
+    limits = agent.limits
+    wanted = (limits.cpu, limits.memory, limits.processes, limits.files)
+    if all(value is None for value in wanted) or shutil.which("prlimit") is not None:
+        return None
+    return (
+        "resource limits need the `prlimit` program, which is not on PATH",
+        "limits",
+        "install util-linux (apt install util-linux), or remove `limits`",
+    )

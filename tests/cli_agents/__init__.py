@@ -1,0 +1,1 @@
+"""Tests of command-line agents: the child process, presets, parsing, worktrees."""

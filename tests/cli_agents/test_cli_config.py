@@ -1,0 +1,145 @@
+"""`runtime: cli` agents in config files: schema, checks at load time, and `doctor`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from agentmill.engine.plan import RunPlan, build_plan
+from agentmill.engine.project import load_checked
+from agentmill.errors import ConfigError
+from agentmill.spec.loader import load_project_text
+from tests.cli.conftest import Cli
+from tests.cli_agents.gitrepo import make_repo
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "agentmill.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_checked(path)
+    return [f"{p.line}: {p.message} | {p.hint}" for p in caught.value.problems]
+
+
+def test_keys_of_the_other_runtime_are_refused(tmp_path: Path) -> None:
+    text = """\
+agents:
+  coder: {runtime: cli, command: [echo], model: openai:gpt-4o}
+  writer: {instructions: hi, command: [echo]}
+workflows:
+  w:
+    steps:
+      - {id: a, agent: coder, prompt: hi}
+      - {id: b, agent: writer, prompt: hi}
+"""
+    found = _problems(tmp_path, text)
+    assert any("'model' only apply to agents with runtime: llm" in p for p in found), found
+    assert any("'command' only apply to agents with runtime: cli" in p for p in found), found
+
+
+def test_a_missing_binary_is_reported_at_validation_with_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_repo(tmp_path / "repo")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    text = """\
+agents:
+  coder: {runtime: cli, preset: claude, repo: repo}
+workflows:
+  w:
+    steps:
+      - {id: a, agent: coder, prompt: hi}
+"""
+    (found,) = _problems(tmp_path, text)
+    assert found.startswith("2: agent 'coder': 'claude' (preset claude) is not on PATH")
+    assert "npm" in found  # the preset's install hint
+
+
+def test_unknown_presets_missing_commands_and_non_repositories_are_reported(
+    tmp_path: Path,
+) -> None:
+    text = f"""\
+agents:
+  a: {{runtime: cli, preset: claud}}
+  b: {{runtime: cli, workdir: {tmp_path}}}
+  c: {{runtime: cli, command: ["{sys.executable}"], repo: not-a-repo}}
+workflows:
+  w:
+    steps:
+      - {{id: a, agent: a, prompt: hi}}
+      - {{id: b, agent: b, prompt: hi}}
+      - {{id: c, agent: c, prompt: hi}}
+"""
+    found = _problems(tmp_path, text)
+    assert any("unknown preset 'claud'" in p and "claude" in p for p in found), found
+    assert any("preset 'generic' has no command of its own" in p for p in found), found
+    assert any("is not one" in p and "git init" in p for p in found), found
+
+
+def test_sizes_limits_and_presets_reach_the_plan_snapshot(tmp_path: Path) -> None:
+    text = f"""\
+presets:
+  claude: {{concurrency: 2}}
+agents:
+  coder:
+    runtime: cli
+    preset: claude
+    max_output: 64KB
+    limits: {{cpu: 10m, memory: 2GiB, processes: 64, files: 256}}
+    workdir: {tmp_path}
+workflows:
+  w:
+    steps:
+      - {{id: a, agent: coder, prompt: hi}}
+"""
+    spec = load_project_text(text, "t.yaml").spec
+    plan = RunPlan.from_json(build_plan(spec, "w").to_json())
+    agent = plan.agents["coder"]
+    assert agent.max_output == 64_000
+    assert agent.limits.cpu == 600.0
+    assert agent.limits.memory == 2 * 1024**3
+    claude = plan.presets["claude"]
+    assert claude.concurrency == 2
+    assert claude.output == "jsonl"  # the built-in preset, with one field changed
+    assert claude.command[0] == "claude"
+
+
+def test_doctor_lists_presets_with_their_versions(cli: Cli, fake_bin: Path) -> None:
+    cli.env["PATH"] = f"{fake_bin}:/usr/bin:/bin"
+    shown = cli.run("doctor")
+    assert "Traceback" not in shown.stderr
+    text = shown.stdout
+    for preset in ("claude", "codex", "gemini", "aider", "generic"):
+        assert preset in text
+    assert "1.0.0-fake (claude)" in text
+    assert "git" in text
+
+
+def test_doctor_says_how_to_install_a_missing_tool(cli: Cli, tmp_path: Path) -> None:
+    cli.env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    shown = cli.run("doctor")
+    assert "Traceback" not in shown.stderr
+    assert "npm install -g @anthropic-ai/claude-code" in shown.stdout
+
+
+def test_a_broken_preset_in_the_file_is_reported_where_it_is(tmp_path: Path) -> None:
+    text = """\
+presets:
+  mytool:
+    command: [mytool, "{{ nonsense }}"]
+    output: jsonl
+    events:
+      - {match: {type: done}, result: "items[oops"}
+agents:
+  a: {runtime: cli, preset: mytool, workdir: .}
+workflows:
+  w:
+    steps:
+      - {id: a, agent: a, prompt: hi}
+"""
+    found = _problems(tmp_path, text)
+    assert any(p.startswith("2: preset 'mytool'") and "nonsense" in p for p in found), found
+    assert any(p.startswith("2: preset 'mytool'") and "items[oops" in p for p in found), found
+    assert any("'mytool' (preset mytool) is not on PATH" in p for p in found), found

@@ -1,0 +1,228 @@
+"""Command-line agents as workflow steps, on a real engine with real processes and git."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentmill.engine.engine import Engine
+from agentmill.spec.loader import load_project_text
+from agentmill.store import RunStatus, StepRecord
+from tests.cli_agents.conftest import fake_script
+from tests.cli_agents.gitrepo import git
+from tests.cli_agents.procs import marked
+
+PYTHON = sys.executable
+
+
+async def _run(engine: Engine, config: str, workflow: str = "w") -> tuple[Any, dict[str, Any]]:
+    project = load_project_text(config, "t.yaml").spec
+    run = await engine.submit(project, workflow, {})
+    final = await asyncio.wait_for(engine.wait(run.id), timeout=60)
+    steps = {record.key: record for record in await engine.store.steps(run.id)}
+    return final, steps
+
+
+def _diff_files(record: StepRecord) -> list[str]:
+    return list((record.details or {})["diff"]["files"])
+
+
+async def test_a_claude_step_in_a_worktree_feeds_its_diff_to_the_next_step(
+    sqlite_engine: Engine,
+    fake_bin: Path,
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_CLI_WRITE", "notes.txt")
+    monkeypatch.setenv("NOT_GRANTED", "secret-value")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")  # granted; else Python's locale coercion adds one
+    config = f"""
+agents:
+  coder:
+    runtime: cli
+    preset: claude
+    env: [PATH, FAKE_CLI_WRITE]
+    repo: {repo}
+  reader:
+    runtime: cli
+    command: ["{PYTHON}", "{fake_script("show_env")}"]
+    stdin: "{{{{ prompt }}}}"
+    workdir: {tmp_path}
+    env: [LC_ALL]
+workflows:
+  w:
+    steps:
+      - {{id: fix, agent: coder, prompt: "add notes"}}
+      - {{id: review, agent: reader, needs: [fix], prompt: "Review:\\n{{{{ steps.fix.diff }}}}"}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    fix = steps["fix"]
+    assert fix.output == "Done: add notes"
+    assert fix.cost_usd == pytest.approx(0.0123)
+    assert fix.usage == {
+        "input_tokens": 1200,
+        "output_tokens": 345,
+        "cache_read_tokens": 0,
+        "requests": 1,
+    }
+    cli = (fix.details or {})["cli"]
+    assert cli["exit_code"] == 0
+    assert cli["tools"] == 1
+    assert cli["session_id"]
+    assert _diff_files(fix) == ["notes.txt"]
+
+    seen = json.loads(steps["review"].output)
+    assert "notes.txt" in seen["stdin"]
+    assert "+written by fake claude" in seen["stdin"]
+    run_id = final.id
+    assert seen["env"] == {
+        "LC_ALL": "C.UTF-8",
+        "AGENTMILL_RUN_ID": run_id,
+        "AGENTMILL_STEP_ID": "review",
+        "AGENTMILL_IDEMPOTENCY_KEY": f"{run_id}:review",
+    }
+
+    branch = cli["branch"]
+    assert "notes.txt" in git(repo, "show", "--stat", branch)
+    assert not os.path.exists(cli["worktree"])  # removed on success; the branch keeps the work
+    kinds = [event.kind for event in await sqlite_engine.store.events(run_id)]
+    assert {"step_session", "step_tool", "step_output"} <= set(kinds)
+
+
+async def test_parallel_steps_in_separate_worktrees_produce_separate_diffs(
+    sqlite_engine: Engine, repo: Path
+) -> None:
+    config = f"""
+agents:
+  writer:
+    runtime: cli
+    command: ["{PYTHON}", "{fake_script("write_file")}", "{{{{ prompt }}}}", "0.3"]
+    env: [AGENTMILL_UNUSED]
+    repo: {repo}
+workflows:
+  w:
+    steps:
+      - {{id: a, agent: writer, prompt: a.txt}}
+      - {{id: b, agent: writer, prompt: b.txt}}
+      - {{id: c, agent: writer, prompt: c.txt}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    for key in ("a", "b", "c"):
+        assert _diff_files(steps[key]) == [f"{key}.txt"]
+        assert steps[key].output == f"wrote {key}.txt\n"
+        branch = (steps[key].details or {})["cli"]["branch"]
+        assert git(repo, "show", f"{branch}:{key}.txt") == f"{key}.txt written by step {key}\n"
+    assert git(repo, "status", "--porcelain") == ""  # the main checkout is untouched
+
+
+async def test_a_failing_command_fails_the_step_with_its_stderr_and_keeps_the_worktree(
+    sqlite_engine: Engine, repo: Path
+) -> None:
+    config = f"""
+agents:
+  broken:
+    runtime: cli
+    command: ["{PYTHON}", "{fake_script("fail")}"]
+    repo: {repo}
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: broken, prompt: go}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.FAILED
+    error = steps["s"].error or ""
+    assert "exited with status 3" in error
+    assert "last lines of stderr" in error
+    saved = (steps["s"].details or {})["saved"]
+    assert os.path.isdir(saved["worktree"])  # kept on failure, for a look or a retry
+
+
+async def test_cancelling_a_run_kills_the_whole_process_group(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    marker = f"marker-{tmp_path.name}"
+    config = f"""
+agents:
+  stuck:
+    runtime: cli
+    command: ["{PYTHON}", "{fake_script("stubborn")}", "--marker={marker}"]
+    workdir: {tmp_path}
+    grace: 0.3s
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: stuck, prompt: go}}
+"""
+    project = load_project_text(config, "t.yaml").spec
+    run = await sqlite_engine.submit(project, "w", {})
+    for _ in range(200):
+        if len(marked(marker)) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert marked(marker), "the tool never started"
+    await sqlite_engine.cancel(run.id)
+    final = await asyncio.wait_for(sqlite_engine.wait(run.id), timeout=30)
+    assert final.status is RunStatus.CANCELLED
+    assert marked(marker) == []
+
+
+async def test_a_preset_concurrency_cap_holds_across_steps(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "times.jsonl"
+    monkeypatch.setenv("FAKE_CLI_LOG", str(log))
+    config = f"""
+presets:
+  writer:
+    command: ["{PYTHON}", "{fake_script("write_file")}", "{{{{ prompt }}}}", "0.2"]
+    concurrency: 1
+    env: [FAKE_CLI_LOG]
+agents:
+  w1: {{runtime: cli, preset: writer, workdir: {tmp_path}}}
+workflows:
+  w:
+    steps:
+      - {{id: many, agent: w1, foreach: "{{{{ ['x1', 'x2', 'x3'] }}}}", prompt: "{{{{ item }}}}"}}
+"""
+    final, _ = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    spans = sorted(
+        (entry["start"], entry["end"]) for entry in map(json.loads, log.read_text().splitlines())
+    )
+    assert len(spans) == 3
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, "two processes of a preset capped at 1 ran at once"
+
+
+async def test_a_step_past_its_timeout_leaves_no_process_behind(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    marker = f"marker-{tmp_path.name}"
+    config = f"""
+agents:
+  stuck:
+    runtime: cli
+    command: ["{PYTHON}", "{fake_script("stubborn")}", "--marker={marker}"]
+    workdir: {tmp_path}
+    timeout: 1s
+    grace: 0.3s
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: stuck, prompt: go}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.FAILED
+    assert "timed out after 1s" in (steps["s"].error or "")
+    assert marked(marker) == []
