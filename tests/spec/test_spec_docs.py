@@ -55,3 +55,19 @@ def test_documented_render_error() -> None:
     with pytest.raises(TemplateRenderError) as info:
         render("{{ steps.plan.output.files }}", context)
     assert str(info.value) in DOC.read_text()
+
+
+def test_cli_presets_example_loads_and_its_preset_is_sound() -> None:
+    from agentmill.agents.cli.presets import load_presets, preset_problems
+
+    doc = Path(__file__).parents[2] / "docs" / "cli-agents.md"
+    match = re.search(
+        r"<!-- test: cli-presets-example -->\n```\w*\n(.*?)```", doc.read_text(), re.DOTALL
+    )
+    assert match is not None
+    spec = load_project_text(match.group(1), "agentmill.yaml").spec
+    presets = load_presets(spec.presets)
+    assert presets["claude"].concurrency == 2
+    assert presets["claude"].output == "jsonl"
+    assert preset_problems(presets["reviewbot"]) == []
+    assert spec.agents["bot"].preset == "reviewbot"
