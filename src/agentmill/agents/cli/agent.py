@@ -303,14 +303,15 @@ def _failure(request: StepRequest, result: ProcessResult, summary: CliSummary) -
     if result.limit_hit is None and result.exit_code == 0 and not summary.error:
         return None
     if result.limit_hit is not None:
-        what = _LIMIT_WORDS.get(result.limit_hit, result.limit_hit)
-        reason = f"was stopped: {what}"
+        reason = f"was stopped: {_LIMIT_WORDS.get(result.limit_hit, result.limit_hit)}"
     elif result.exit_code is not None and result.exit_code < 0:
         reason = f"was killed by signal {-result.exit_code}"
     elif result.exit_code != 0:
         reason = f"exited with status {result.exit_code}"
     else:
-        reason = f"reported an error: {summary.error}"
+        reason = "reported an error"
+    if summary.error:
+        reason += f": {summary.error}"
     tail = "\n".join(result.stderr_tail[-STDERR_TAIL:])
     message = f"command {reason}" + (f"; last lines of stderr:\n{tail}" if tail else "")
     return CliFailed(message, exit_code=result.exit_code, limit=result.limit_hit)
