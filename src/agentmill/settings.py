@@ -18,6 +18,7 @@ __all__ = [
     "credential_present",
     "credential_value",
     "granted_environment",
+    "is_secret_name",
     "secret_values",
 ]
 
@@ -114,6 +115,11 @@ def credential_value(env_var: str) -> str | None:
 
 _SECRET_VARIABLE = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD|_PAT|CREDENTIALS?)$")
 """Names of environment variables holding credentials: OPENAI_API_KEY, GITHUB_TOKEN, ..."""
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential."""
+    return bool(_SECRET_VARIABLE.search(name.upper()))
 
 
 def secret_values(settings: Settings | None = None) -> list[str]:

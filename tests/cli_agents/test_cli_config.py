@@ -26,7 +26,7 @@ def _problems(tmp_path: Path, text: str) -> list[str]:
 def test_keys_of_the_other_runtime_are_refused(tmp_path: Path) -> None:
     text = """\
 agents:
-  coder: {runtime: cli, command: [echo], model: openai:gpt-4o}
+  coder: {runtime: cli, command: [echo], model: openai:gpt-4o, budget: {usd: 1}}
   writer: {instructions: hi, command: [echo]}
 workflows:
   w:
@@ -35,7 +35,9 @@ workflows:
       - {id: b, agent: writer, prompt: hi}
 """
     found = _problems(tmp_path, text)
-    assert any("'model' only apply to agents with runtime: llm" in p for p in found), found
+    assert any("'model', 'budget' only apply to agents with runtime: llm" in p for p in found), (
+        found
+    )
     assert any("'command' only apply to agents with runtime: cli" in p for p in found), found
 
 
@@ -78,6 +80,27 @@ workflows:
     assert any("is not one" in p and "git init" in p for p in found), found
 
 
+def test_agent_templates_are_checked_and_a_repository_subdirectory_is_accepted(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "flows").mkdir()
+    path = repo / "flows" / "agentmill.yaml"
+    path.write_text(f"""\
+agents:
+  a: {{runtime: cli, command: ["{sys.executable}", "{{{{ promt }}}}"]}}
+workflows:
+  w:
+    steps:
+      - {{id: a, agent: a, prompt: hi}}
+""")
+    with pytest.raises(ConfigError) as caught:
+        load_checked(path)
+    (problem,) = caught.value.problems
+    assert "promt" in problem.message
+    assert "{{ prompt }}" in (problem.hint or "")
+
+
 def test_sizes_limits_and_presets_reach_the_plan_snapshot(tmp_path: Path) -> None:
     text = f"""\
 presets:
@@ -118,7 +141,7 @@ def test_doctor_lists_presets_with_their_versions(cli: Cli, fake_bin: Path) -> N
 
 
 def test_doctor_says_how_to_install_a_missing_tool(cli: Cli, tmp_path: Path) -> None:
-    cli.env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    cli.env["PATH"] = str(tmp_path / "empty-bin")  # whatever this machine has installed
     shown = cli.run("doctor")
     assert "Traceback" not in shown.stderr
     assert "npm install -g @anthropic-ai/claude-code" in shown.stdout

@@ -226,3 +226,107 @@ workflows:
     assert final.status is RunStatus.FAILED
     assert "timed out after 1s" in (steps["s"].error or "")
     assert marked(marker) == []
+
+
+BIG_SESSION = """
+import json
+session = "s-123"
+print(json.dumps({"type": "system", "subtype": "init", "session_id": session}))
+for n in range(30):
+    text = {"type": "text", "text": f"part {n} " + "x" * 5000}
+    message = {"content": [text]}
+    print(json.dumps({"type": "assistant", "message": message, "session_id": session}))
+tool = {"type": "tool_use", "name": "Read", "input": {"data": "y" * 200_000}}
+print(json.dumps({"type": "assistant", "message": {"content": [tool]}, "session_id": session}))
+usage = {"input_tokens": 7, "output_tokens": 9}
+print(json.dumps({"type": "result", "subtype": "success", "is_error": False, "result": "all done",
+                  "session_id": session, "total_cost_usd": 0.5, "usage": usage}))
+"""
+
+
+async def test_the_result_after_max_output_still_counts_and_long_json_lines_parse(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    script = tmp_path / "big.py"
+    script.write_text(BIG_SESSION)
+    config = f"""
+agents:
+  big:
+    runtime: cli
+    preset: claude
+    command: ["{PYTHON}", "{script}"]
+    workdir: {tmp_path}
+    max_output: 20KB
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: big, prompt: go}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    step = steps["s"]
+    assert step.output == "all done"
+    assert step.cost_usd == pytest.approx(0.5)
+    cli = (step.details or {})["cli"]
+    assert cli["truncated"] is True
+    assert cli["tools"] == 1  # from a 200 KB line, past the cap
+    assert cli["session_id"] == "s-123"
+
+
+async def test_a_resumed_session_that_fails_is_not_resumed_again(
+    sqlite_engine: Engine, fake_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CLI_LOG", str(log))
+    monkeypatch.setenv("FAKE_CLI_ERROR", "session is broken")
+    config = f"""
+agents:
+  coder:
+    runtime: cli
+    preset: claude
+    env: [PATH, FAKE_CLI_LOG, FAKE_CLI_ERROR]
+    workdir: {tmp_path}
+    retries: 2
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: coder, prompt: go, backoff: 10ms}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.FAILED
+    assert "session is broken" in (steps["s"].error or "")
+    resumed = [json.loads(line)["resumed"] for line in log.read_text().splitlines()]
+    assert resumed[0] is None  # a fresh session, reported, then the tool failed
+    assert resumed[1] is not None  # the retry resumed it, and failed too
+    assert resumed[2] is None  # so the last attempt started over
+
+
+async def test_granted_credentials_never_reach_the_event_log_or_the_error(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-test-0123456789abcdef"
+    monkeypatch.setenv("MY_API_KEY", secret)
+    code = (
+        "import os, sys; key = os.environ['MY_API_KEY']; print('using', key);"
+        " print('auth failed for', key, file=sys.stderr); sys.exit(2)"
+    )
+    config = f"""
+agents:
+  leaky:
+    runtime: cli
+    command: ["{PYTHON}", "-c", "{code}"]
+    env: [MY_API_KEY]
+    workdir: {tmp_path}
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: leaky, prompt: go}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.FAILED
+    assert secret not in (steps["s"].error or "")
+    assert "auth failed for [redacted]" in (steps["s"].error or "")
+    events = await sqlite_engine.store.events(final.id)
+    texts = json.dumps([event.data for event in events])
+    assert secret not in texts
+    assert "using [redacted]" in texts

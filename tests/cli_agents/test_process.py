@@ -25,7 +25,7 @@ from agentmill.agents.cli.process import (
     ProcessSpec,
     run_process,
 )
-from agentmill.errors import MissingDependencyError
+from agentmill.errors import MissingDependencyError, UserError
 from tests.cli_agents.procs import marked, session, until, zombie_children
 
 FAKE = Path(__file__).resolve().parent.parent / "fixtures" / "fake_cli"
@@ -180,6 +180,53 @@ async def test_a_process_that_escaped_the_session_cannot_hold_the_run() -> None:
         _kill_and_reap(marker)
 
 
+async def test_an_escaped_process_that_keeps_writing_cannot_hold_the_run() -> None:
+    """A setsid() child writing without pause: reading stops a bounded time after the end."""
+    marker = _marker()
+    code = (
+        "import os, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    while True:\n"
+        "        print('x', sys.argv[1], flush=True)\n"
+        "        time.sleep(0.01)\n"
+        "time.sleep(0.2)\n"
+    )
+    spec = ProcessSpec(
+        argv=(sys.executable, "-c", code, marker), env=ENV, cwd=str(FAKE), grace=GRACE, timeout=20
+    )
+    try:
+        result = await run_process(spec, Lines())
+        assert result.exit_code == 0
+        assert result.duration < 5
+    finally:
+        _kill_and_reap(marker)
+
+
+async def test_an_argument_too_long_for_linux_is_a_user_error_naming_the_fix() -> None:
+    spec = ProcessSpec(argv=("/bin/true", "x" * 200_000), env=ENV, cwd=str(FAKE))
+    with pytest.raises(UserError, match=r"arguments are too long.*on stdin"):
+        await run_process(spec, Lines())
+
+
+async def test_lines_past_the_cap_are_still_given_for_parsing() -> None:
+    batches: list[tuple[str, list[str], bool]] = []
+
+    async def on_lines(
+        stream: Literal["stdout", "stderr"], lines: list[str], dropped: bool
+    ) -> None:
+        batches.append((stream, lines, dropped))
+
+    code = "print('a' * 50); print('b' * 50); print('{\"last\": true}')"
+    spec = ProcessSpec(argv=(sys.executable, "-c", code), env=ENV, cwd=str(FAKE), max_output=60)
+    result = await run_process(spec, on_lines=on_lines)
+    assert result.truncated
+    kept = [line for _, lines, dropped in batches if not dropped for line in lines]
+    past = [line for _, lines, dropped in batches if dropped for line in lines]
+    assert kept[-1] == "[agentmill: output truncated at 60 bytes]"
+    assert past[-1] == '{"last": true}'
+
+
 # -- limits ----------------------------------------------------------------------------------
 
 
@@ -233,7 +280,8 @@ async def test_limits_are_applied_to_the_command_itself(tmp_path: Path) -> None:
     assert shown["limits"]["nofile"] == [64, 64]
     assert shown["limits"]["cpu"] == [30, 31]
     assert shown["limits"]["as"] == [1 << 31, 1 << 31]
-    assert shown["limits"]["nproc"] == [50, 50]
+    # `processes` is the watchdog's: RLIMIT_NPROC would count every process of the user.
+    assert shown["limits"]["nproc"] == list(resource.getrlimit(resource.RLIMIT_NPROC))
     assert shown["pid"] == shown["sid"] == shown["pgid"]
 
 
@@ -260,9 +308,9 @@ async def test_a_flood_of_output_is_capped_and_drained(one_line: bool) -> None:
     assert len(result.stdout.encode()) <= 1_000_000 + len(marker) + 1
     streamed = lines.of("stdout")
     assert streamed[-1] == marker
-    if one_line:  # in pieces of 64 KiB, up to the byte where the budget ran out
+    if one_line:  # the line as far as the budget went (pieces would be of 4 MiB)
         assert sum(len(line) for line in streamed[:-1]) == 1_000_000
-        assert max(len(line) for line in streamed) == 64 * 1024
+        assert max(len(line) for line in streamed) <= 4 * 1024 * 1024
     else:  # 15,625 lines of 64 bytes fill the budget exactly
         assert streamed[:-1] == ["y" * 63] * 15_625
     assert rss_growth_mib < 50

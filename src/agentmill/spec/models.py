@@ -143,7 +143,16 @@ class CliLimits(_Strict):
 WORKTREE = "worktree"
 """`workdir: worktree`: a fresh git worktree of `repo` per step, on its own branch."""
 
-_LLM_ONLY = ("model", "instructions", "max_tokens", "temperature", "output", "cache", "fallback")
+_LLM_ONLY = (
+    "model",
+    "instructions",
+    "max_tokens",
+    "temperature",
+    "output",
+    "budget",
+    "cache",
+    "fallback",
+)
 _CLI_ONLY = (
     "preset",
     "command",

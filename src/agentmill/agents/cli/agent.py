@@ -9,7 +9,8 @@ by a crash resumes that session, in the same worktree, instead of starting over.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+import socket
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,14 @@ from agentmill.agents.cli.presets import render_argv
 from agentmill.agents.cli.process import Limits, ProcessResult, ProcessSpec, run_process
 from agentmill.agents.cli.worktree import (
     Worktree,
+    WorktreeDiff,
     commit_worktree,
     diff_worktree,
     open_worktree,
     remove_worktree,
 )
 from agentmill.errors import CliFailed
-from agentmill.settings import Settings, granted_environment
+from agentmill.settings import Settings, granted_environment, is_secret_name
 from agentmill.spec.models import WORKTREE, AgentSpec
 from agentmill.spec.presets import DEFAULT_PRESET, PresetSpec
 
@@ -124,6 +126,7 @@ class CliAgent(Agent):
     def __init__(self, call: CliCall, *, slots: PresetSlots) -> None:
         self._call = call
         self._slots = slots
+        self._redact = _redactor(call.env)
 
     async def run(self, request: StepRequest, context: StepContext) -> StepResult:
         durable = as_durable(context)
@@ -131,26 +134,27 @@ class CliAgent(Agent):
             tree = await self._worktree(request, durable)
             # Interrupted (timeout, cancel, shutdown): the process group is gone and the
             # worktree stays, with the session id, for the next attempt.
-            result, summary = await self._execute(request, durable, tree)
-            return await self._finish(request, durable, tree, result, summary)
+            outcome = await self._execute(request, durable, tree)
+            return await self._finish(request, durable, tree, outcome)
 
     async def _worktree(self, request: StepRequest, context: DurableContext) -> Worktree | None:
         if self._call.repo is None:
             return None
-        tree = await open_worktree(
-            self._call.repo, self._call.worktree_root, request.run_id, request.key
-        )
+        root = _worktree_root(context.saved.get("worktree"), self._call.worktree_root)
+        _ignore_everything_in(root)
+        tree = await open_worktree(self._call.repo, root, request.run_id, request.key)
         if context.saved.get("worktree") != str(tree.path):
             await context.save(worktree=str(tree.path), branch=tree.branch)
         return tree
 
     async def _execute(
         self, request: StepRequest, context: DurableContext, tree: Worktree | None
-    ) -> tuple[ProcessResult, CliSummary]:
+    ) -> tuple[ProcessResult, CliSummary, bool]:
+        """Run the tool once; whether it resumed an earlier attempt's session."""
         call = self._call
         cwd = tree.path if tree is not None else (call.workdir or Path.cwd())
-        session = context.saved.get("session_id")
-        variables = _variables(request, cwd, session if isinstance(session, str) else None)
+        session = _resumable_session(context.saved) if call.resume else None
+        variables = _variables(request, cwd, session)
         templates = call.resume if session and call.resume else call.command
         stdin = render_argv([call.stdin], variables)[0] if call.stdin is not None else None
         spec = ProcessSpec(
@@ -163,35 +167,39 @@ class CliAgent(Agent):
             limits=call.limits,
         )
         parser = StreamParser(call.preset)
-        relay = _Relay(parser, context, known_session=session)
+        relay = _Relay(
+            parser,
+            context,
+            known_session=session,
+            redact=self._redact,
+            plain=call.preset.output == "text",
+        )
         await end_leftovers(context.saved.get("process"), grace=call.grace)
 
         async def started(pid: int) -> None:
             await context.save(process=session_record(pid))
 
         result = await run_process(spec, on_lines=relay.on_lines, on_start=started)
-        return result, parser.summary
+        return result, parser.summary, session is not None
 
     async def _finish(
         self,
         request: StepRequest,
         context: DurableContext,
         tree: Worktree | None,
-        result: ProcessResult,
-        summary: CliSummary,
+        outcome: tuple[ProcessResult, CliSummary, bool],
     ) -> StepResult:
+        result, summary, resumed = outcome
         details = _details(self._call.preset_name, result, summary, tree)
         if tree is not None:
-            diff = await diff_worktree(tree)
-            details["diff"] = {
-                "files": list(diff.files),
-                "stat": diff.stat,
-                "patch": diff.patch,
-                "truncated": diff.truncated,
-            }
-        failure = _failure(request, result, summary)
+            details["diff"] = _diff_json(await diff_worktree(tree))
+        failure = _failure(result, summary, self._redact)
         if failure is not None:
-            await context.save(diff=details.get("diff"), cli=details["cli"])
+            diff = details.get("diff") or {}
+            kept = {"files": diff.get("files"), "stat": diff.get("stat")} if diff else None
+            # A resumed session that failed is not resumed again: the next attempt starts over.
+            forget = {"session_id": None} if resumed else {}
+            await context.save(diff=kept, cli=details["cli"], **forget)
             await self._clean_up(tree, request, failed=True)
             raise failure
         await self._clean_up(tree, request, failed=False)
@@ -222,23 +230,37 @@ class CliAgent(Agent):
 
 class _Relay:
     """Turns the child's lines into the run's events, in order; saves a new session id at
-    once. The text lines of one pipe read become one `step_output` event (whole lines)."""
+    once. The text lines of one pipe read become one `step_output` event (whole lines).
+    Lines past `max_output` are only parsed (the final result and cost come last)."""
 
     def __init__(
-        self, parser: StreamParser, context: DurableContext, *, known_session: object
+        self,
+        parser: StreamParser,
+        context: DurableContext,
+        *,
+        known_session: object,
+        redact: Callable[[str], str],
+        plain: bool,
     ) -> None:
         self._parser = parser
         self._context = context
         self._session = known_session
+        self._redact = redact
         self._text: list[str] = []
+        self._plain = plain
 
-    async def on_lines(self, stream: str, lines: list[str]) -> None:
+    async def on_lines(self, stream: str, lines: list[str], dropped: bool) -> None:
         if stream == "stderr":
-            await self._context.emit_event("stderr", text="".join(f"{line}\n" for line in lines))
+            if not dropped:
+                text = "".join(f"{line}\n" for line in lines)
+                await self._context.emit_event("stderr", text=self._redact(text))
+            return
+        if dropped and self._plain:
             return
         for line in lines:
             for event in self._parser.feed(line):
-                await self._relay(event.kind, event.value)
+                if not dropped or event.kind == "session":
+                    await self._relay(event.kind, event.value)
         await self._flush_text()
 
     async def _relay(self, kind: str, value: Any) -> None:
@@ -247,16 +269,69 @@ class _Relay:
             return
         await self._flush_text()
         if kind == "tool":
-            await self._context.emit_event("tool", tool=str(value))
+            await self._context.emit_event("tool", tool=self._redact(str(value)))
         elif kind == "session" and value and value != self._session:
             self._session = value
-            await self._context.save(session_id=value)
+            await self._context.save(session_id=value, session_host=socket.gethostname())
             await self._context.emit_event("session", session_id=value)
 
     async def _flush_text(self) -> None:
         if self._text:
             text, self._text = "".join(self._text), []
-            await self._context.emit_text(text)
+            await self._context.emit_text(self._redact(text))
+
+
+def _redactor(env: Mapping[str, str]) -> Callable[[str], str]:
+    """Hides the values of granted credentials (`*_API_KEY`, `*_TOKEN`, ...) in what the
+    tool prints, before it reaches the event log or an error message."""
+    secrets = sorted(
+        (value for name, value in env.items() if is_secret_name(name) and len(value) >= 8),
+        key=len,
+        reverse=True,
+    )
+
+    def redact(text: str) -> str:
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    return redact
+
+
+def _worktree_root(saved_path: object, configured: Path) -> Path:
+    """Where this call's worktree is: where an earlier attempt put it (`<root>/<run>/<key>`),
+    even if this worker's root differs, else the configured root."""
+    if isinstance(saved_path, str) and Path(saved_path).is_dir():
+        return Path(saved_path).parents[1]
+    return configured
+
+
+def _ignore_everything_in(root: Path) -> None:
+    """Worktrees under a repository's checkout (the default `.agentmill/worktrees`) must not
+    show there as untracked files."""
+    root.mkdir(parents=True, exist_ok=True)
+    ignore = root / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("*\n", encoding="utf-8")
+
+
+def _resumable_session(saved: Mapping[str, Any]) -> str | None:
+    """The tool session an interrupted attempt reported, if it can be resumed here (tools
+    keep sessions in the user's home directory of the machine that ran them)."""
+    session = saved.get("session_id")
+    if not isinstance(session, str) or not session:
+        return None
+    return session if saved.get("session_host") in (None, socket.gethostname()) else None
+
+
+def _diff_json(diff: WorktreeDiff) -> dict[str, Any]:
+    return {
+        "files": list(diff.files),
+        "stat": diff.stat,
+        "patch": diff.patch,
+        "truncated": diff.truncated,
+    }
 
 
 def _variables(request: StepRequest, cwd: Path, session: str | None) -> dict[str, str]:
@@ -299,7 +374,9 @@ def _details(
     return {"cli": cli}
 
 
-def _failure(request: StepRequest, result: ProcessResult, summary: CliSummary) -> CliFailed | None:
+def _failure(
+    result: ProcessResult, summary: CliSummary, redact: Callable[[str], str]
+) -> CliFailed | None:
     if result.limit_hit is None and result.exit_code == 0 and not summary.error:
         return None
     if result.limit_hit is not None:
@@ -314,7 +391,7 @@ def _failure(request: StepRequest, result: ProcessResult, summary: CliSummary) -
         reason += f": {summary.error}"
     tail = "\n".join(result.stderr_tail[-STDERR_TAIL:])
     message = f"command {reason}" + (f"; last lines of stderr:\n{tail}" if tail else "")
-    return CliFailed(message, exit_code=result.exit_code, limit=result.limit_hit)
+    return CliFailed(redact(message), exit_code=result.exit_code, limit=result.limit_hit)
 
 
 _LIMIT_WORDS = {

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from agentmill.agents.cli.presets import load_presets
+from agentmill.agents.cli.presets import load_presets, preset_problems
 from agentmill.spec.models import WORKTREE, AgentSpec
 from agentmill.spec.presets import DEFAULT_PRESET, PresetSpec
 
@@ -38,16 +38,30 @@ def agent_problem(
             "give the agent a `command: [program, arg, ...]`",
         )
     return (
-        _binary_problem(command[0], name, known[name])
+        _template_problem(agent)
+        or _binary_problem(command[0], name, known[name])
         or _repo_problem(agent, base_dir)
         or _limits_problem(agent)
     )
 
 
+def _template_problem(agent: AgentSpec) -> Problem | None:
+    """The agent's own argument and stdin templates, checked like a preset's."""
+    own = PresetSpec(command=[*(agent.command or []), *agent.args], stdin=agent.stdin)
+    for problem in preset_problems(own):
+        key = "stdin" if agent.stdin is not None and agent.stdin in problem else "command"
+        return (
+            problem,
+            key,
+            "templates may use {{ prompt }}, {{ run_id }}, {{ step_id }}, {{ workdir }}",
+        )
+    return None
+
+
 def binary_of(command: list[str]) -> str | None:
-    """The program a command runs, when it is not a template."""
+    """The program a command runs, when it has one and it is not a template."""
     program = command[0] if command else ""
-    return None if "{{" in program or "{%" in program else program
+    return None if not program or "{{" in program or "{%" in program else program
 
 
 def _binary_problem(program: str, preset_name: str, preset: PresetSpec) -> Problem | None:
@@ -64,7 +78,7 @@ def _repo_problem(agent: AgentSpec, base_dir: Path) -> Problem | None:
             return None
         return f"workdir {directory} is not a directory", "workdir", "create it or fix `workdir`"
     repo = (base_dir / agent.repo).resolve()
-    if (repo / ".git").exists():
+    if any((folder / ".git").exists() for folder in (repo, *repo.parents)):
         return None
     return (
         f"worktrees need a git repository, and {repo} is not one",

@@ -136,7 +136,8 @@ def load_presets(extra: Mapping[str, PresetSpec] | None = None) -> dict[str, Pre
     """The built-in presets overlaid by a project's `extra`.
 
     A name the built-ins do not have adds a preset; a built-in name changes only the fields
-    the project set (`claude: {concurrency: 2}` keeps claude's command and events).
+    the project set (`claude: {concurrency: 2}` keeps claude's command and events). A new
+    `command` without a new `resume` drops the built-in `resume`, which names its program.
     """
     presets = dict(_builtin_presets())
     for name, preset in (extra or {}).items():
@@ -150,6 +151,8 @@ def _overlay(builtin: PresetSpec, change: PresetSpec) -> PresetSpec:
         return builtin
     merged = builtin.model_dump()
     merged.update(change.model_dump(include=set(change.model_fields_set)))
+    if "command" in change.model_fields_set and "resume" not in change.model_fields_set:
+        merged["resume"] = None  # the built-in's resume runs the built-in's program
     return PresetSpec.model_validate(merged)
 
 

@@ -2,7 +2,7 @@
 
     run_process(spec, on_line)
       ├─ resolve argv[0] on the child's PATH, then the worker's      -> MissingBinary
-      ├─ [prlimit --cpu= --as= --nproc= --nofile= --] argv            (no shell, ever)
+      ├─ [prlimit --cpu= --as= --nofile= --] argv                     (no shell, ever)
       ├─ create_subprocess_exec(start_new_session=True)               own session and group
       ├─ tasks: stdin writer, stdout/stderr readers -> on_line, [process-count watchdog]
       ├─ until the leader exits, the timeout, the watchdog or a cancellation
@@ -13,8 +13,9 @@ execs the command (same pid, so the agent stays the session leader), not by `pre
 Python code between fork and exec can deadlock in a process with threads (the worker has
 DBOS and sqlite threads), as a lock held by another thread at fork is never released.
 
-Root ignores RLIMIT_NPROC, so `Limits.processes` is also enforced by a watchdog counting the
-session's processes every 50 ms (see `reap`). The end of a run never depends on
+`Limits.processes` is enforced by a watchdog counting the session's processes every 50 ms
+(see `reap`), not by RLIMIT_NPROC: root ignores that, and for other users it counts every
+process and thread of the user, the worker's included. The end of a run never depends on
 `Process.wait()` alone: since Python 3.12 it also waits for the pipes, which a leftover
 grandchild may hold open; the leader's exit is seen through a pidfd instead.
 """
@@ -22,6 +23,7 @@ grandchild may hold open; the leader's exit is seen through a pidfd instead.
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import os
 import shutil
@@ -47,15 +49,18 @@ __all__ = [
 ]
 
 OnLine = Callable[[Literal["stdout", "stderr"], str], Awaitable[None]]
-OnLines = Callable[[Literal["stdout", "stderr"], list[str]], Awaitable[None]]
-"""Lines in batches: the complete lines of one read from the pipe, in order."""
+OnLines = Callable[[Literal["stdout", "stderr"], list[str], bool], Awaitable[None]]
+"""Lines in batches: the complete lines of one read from the pipe, in order. The flag says
+the lines come after the stream's `max_output`: not kept, still there to be parsed (a
+tool's final result and cost come last)."""
 OnStart = Callable[[int], Awaitable[None]]
 
 _CHUNK = 64 * 1024  # bytes read from a pipe at a time
-_LINE_MAX = 64 * 1024  # a longer line is passed on in pieces of at most this size
+_LINE_MAX = 4 * 1024 * 1024  # a longer line is passed on in pieces of at most this size
 _TAIL = 20  # stderr lines kept for the result
 _WATCH_EVERY = 0.05  # seconds between two counts of the session's processes
 _DRAIN_IDLE = 0.5  # once every process is gone, how long a pipe may stay open and silent
+_DRAIN_MAX = 2.0  # and how long an escaped process may keep writing into it
 _MEMORY_SIGNS = ("MemoryError", "Cannot allocate memory", "out of memory")
 _T = TypeVar("_T")
 
@@ -140,8 +145,8 @@ def _prlimit_options(limits: Limits) -> list[str]:
         options.append("--core=0")  # SIGXCPU dumps core by default: none in the worktree
     if limits.memory_bytes is not None:
         options.append(f"--as={limits.memory_bytes}")
-    if limits.processes is not None:
-        options.append(f"--nproc={limits.processes}")
+    # No --nproc: RLIMIT_NPROC counts every process of the user (the worker's threads too)
+    # and root ignores it; the session watchdog enforces `processes` instead.
     if limits.open_files is not None:
         options.append(f"--nofile={limits.open_files}")
     return options
@@ -196,39 +201,37 @@ class _Sink:
             self._room -= len(head)
             if self.name == "stdout":
                 self.kept += head
-            await self._split(head, emit=True)
+            await self._split(head, dropped=False)
         if len(head) == len(chunk):
             return
         if not self.truncated:
-            await self.flush(emit=True)  # the line cut by the budget, as far as it goes
+            await self.flush()  # the line cut by the budget, as far as it goes
             self.truncated = True
-            await self._on_lines(self.name, [self._marker])
-        if self._keep_tail:
-            await self._split(chunk[len(head) :], emit=False)
+            await self._on_lines(self.name, [self._marker], False)
+        await self._split(chunk[len(head) :], dropped=True)
 
-    async def flush(self, *, emit: bool) -> None:
+    async def flush(self) -> None:
         """Pass on a last line that has no newline."""
         if self._pending:
             line, self._pending = self._pending, b""
-            await self._deliver([line], emit=emit and not self.truncated)
+            await self._deliver([line], dropped=self.truncated)
 
-    async def _split(self, data: bytes, *, emit: bool) -> None:
+    async def _split(self, data: bytes, *, dropped: bool) -> None:
         lines = (self._pending + data if self._pending else data).split(b"\n")
         self._pending = lines.pop()
         while len(self._pending) > _LINE_MAX:
             cut = _cut_point(self._pending)
             lines.append(self._pending[:cut])
             self._pending = self._pending[cut:]
-        await self._deliver(lines, emit=emit)
+        await self._deliver(lines, dropped=dropped)
 
-    async def _deliver(self, raw: list[bytes], *, emit: bool) -> None:
-        if not raw or (not emit and not self._keep_tail):
+    async def _deliver(self, raw: list[bytes], *, dropped: bool) -> None:
+        if not raw:
             return
         texts = [line.removesuffix(b"\r").decode("utf-8", "replace") for line in raw]
         if self._keep_tail:
             self.tail.extend(texts)
-        if emit:
-            await self._on_lines(self.name, texts)
+        await self._on_lines(self.name, texts, dropped)
 
 
 async def _pump(stream: asyncio.StreamReader, sink: _Sink) -> None:
@@ -240,7 +243,7 @@ async def _pump(stream: asyncio.StreamReader, sink: _Sink) -> None:
         if not chunk:
             break
         await sink.feed(chunk)
-    await sink.flush(emit=True)
+    await sink.flush()
 
 
 async def _feed_stdin(stdin: asyncio.StreamWriter, data: bytes) -> None:
@@ -364,6 +367,8 @@ class _Run:
         started = loop.time()
         while not all(task.done() for task in readers):
             await asyncio.wait(readers, timeout=_DRAIN_IDLE / 4)
+            if loop.time() - started > _DRAIN_MAX:
+                break
             waiting = [s.idle_since for s in (self.out, self.err) if s.idle_since is not None]
             silent = [loop.time() - max(since, started) > _DRAIN_IDLE for since in waiting]
             if silent and all(silent):
@@ -431,9 +436,41 @@ def _stdout_text(sink: _Sink, marker: str) -> str:
     return text + ("" if not text or text.endswith("\n") else "\n") + marker
 
 
+async def _spawn(argv: list[str], spec: ProcessSpec) -> asyncio.subprocess.Process:
+    """Start the child as the leader of a new session; an exec failure is the user's to fix."""
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL if spec.stdin is None else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=dict(spec.env),
+            cwd=spec.cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise UserError(_spawn_failure(spec.argv, exc)) from None
+
+
+def _spawn_failure(argv: tuple[str, ...], exc: OSError) -> str:
+    program = argv[0]
+    if exc.errno == errno.E2BIG:
+        longest = max(len(arg.encode()) for arg in argv)
+        return (
+            f"cannot start {program}: its arguments are too long (the longest is {longest:,}"
+            " bytes; Linux allows 128 KiB per argument). Pass the prompt on stdin"
+            ' (`stdin: "{{ prompt }}"`) instead of in `command`'
+        )
+    if exc.errno == errno.ENOEXEC:
+        return f"cannot start {program}: it is not a program (a script needs a #! line)"
+    if exc.errno == errno.EACCES:
+        return f"cannot start {program}: permission denied (is it executable? chmod +x)"
+    return f"cannot start {program}: {exc.strerror or exc}"
+
+
 def _one_by_one(on_line: OnLine | None) -> OnLines:
-    async def deliver(stream: Literal["stdout", "stderr"], lines: list[str]) -> None:
-        if on_line is not None:
+    async def deliver(stream: Literal["stdout", "stderr"], lines: list[str], dropped: bool) -> None:
+        if on_line is not None and not dropped:
             for line in lines:
                 await on_line(stream, line)
 
@@ -460,15 +497,7 @@ async def run_process(
     argv = _command(spec)
     reap.become_subreaper()
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL if spec.stdin is None else asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(spec.env),
-        cwd=spec.cwd,
-        start_new_session=True,
-    )
+    proc = await _spawn(argv, spec)
     marker = f"[agentmill: output truncated at {spec.max_output} bytes]"
     out = _Sink("stdout", deliver, spec.max_output, marker)
     err = _Sink(

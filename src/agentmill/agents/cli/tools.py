@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -61,8 +63,8 @@ async def _version(path: str, args: list[str]) -> str | None:
         async with asyncio.timeout(VERSION_TIMEOUT):
             stdout, _ = await process.communicate()
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # the tool and anything it started
         await process.wait()
         return None
     lines = stdout.decode(errors="replace").strip().splitlines()

@@ -305,6 +305,12 @@ async def _git_capped(cwd: Path, args: tuple[str, ...], limit: int | None) -> tu
             "git",
             "-C",
             str(cwd),
+            # No background `git gc` / maintenance: a detached process would outlive the
+            # call (and, the worker being a subreaper, end as its zombie).
+            "-c",
+            "gc.auto=0",
+            "-c",
+            "maintenance.auto=false",
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
