@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,10 +81,10 @@ def _print(name: str, times: list[float], floor: float) -> float:
     return median
 
 
-def _project(command: str) -> Any:
+def _project(command: str, *, where: str = f"workdir: {WORKDIR}") -> Any:
     text = f"""
 agents:
-  tool: {{runtime: cli, command: {command}, workdir: {WORKDIR}, env: [], max_output: 16MB}}
+  tool: {{runtime: cli, command: {command}, {where}, env: [], max_output: 16MB}}
 workflows:
   w:
     steps:
@@ -120,6 +121,23 @@ async def _overhead(engine: Engine, settings: Settings) -> None:
     project = _project(f"[{TRUE}]")
     runs = [await _run_seconds(engine, project) for _ in range(ENGINE_RUNS)]
     _print("durable run of one CLI step (first to last event)", runs, floor)
+    project = _project(f"[{TRUE}]", where=f"repo: {_repository()}")
+    runs = [await _run_seconds(engine, project) for _ in range(ENGINE_RUNS)]
+    _print("the same in a git worktree (add, diff, commit, remove)", runs, floor)
+
+
+def _repository() -> str:
+    """A git repository with one commit, for worktrees."""
+    path = tempfile.mkdtemp(prefix="agentmill-bench-repo-")
+    env = {"PATH": "/usr/bin:/bin", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"}
+    commands = [
+        ["git", "init", "-q"],
+        ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-q",
+         "--allow-empty", "-m", "init"],
+    ]  # fmt: skip
+    for command in commands:
+        subprocess.run(command, cwd=path, env=env, check=True)
+    return path
 
 
 async def _floor_lines() -> float:
