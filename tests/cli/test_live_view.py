@@ -72,3 +72,17 @@ def test_an_approval_gate_says_how_to_approve_and_who_decided() -> None:
     assert "then reject" in text
     assert "sign-off approved by ops-key" in text
     assert "tokens" not in text.split("approved by ops-key")[1]
+
+
+def test_a_command_line_step_shows_its_exit_status_files_and_stderr() -> None:
+    console = Console(record=True, width=120, force_terminal=False)
+    with ProgressView(console, step_ids=["fix"]) as view:
+        view.handle(_event(1, "step_started", "fix"))
+        view.handle(_event(2, "step_stderr", "fix", text="warning: slow disk\n"))
+        view.handle(_event(3, "step_tool", "fix", tool="Write"))
+        details = {"cli": {"exit_code": 0}, "diff": {"files": ["a.py", "b.py"]}}
+        view.handle(_event(4, "step_finished", "fix", usage={}, details=details))
+    text = console.export_text()
+    assert "fix stderr: warning: slow disk" in text
+    assert "fix uses Write" in text
+    assert "(exit 0, 2 files changed)" in text

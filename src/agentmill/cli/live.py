@@ -130,9 +130,8 @@ class ProgressView:
             return  # `_approval_decided` said how
         usage: dict[str, Any] = event.data.get("usage") or {}
         view.tokens = int(usage.get("output_tokens") or view.tokens)
-        self._line(
-            f"[green]✔[/] {escape(view.key)} finished in {view.elapsed()} ({view.tokens} tokens)"
-        )
+        what = _cli_summary(event.data) or f"{view.tokens} tokens"
+        self._line(f"[green]✔[/] {escape(view.key)} finished in {view.elapsed()} ({what})")
         if self._live is None and view.text.strip():
             self._console.print(Text(_indent(view.text.strip())))
 
@@ -150,6 +149,11 @@ class ProgressView:
     def _tool(self, view: _StepView, event: EventRecord) -> None:
         if event.attempt == view.attempt:
             self._line(f"[dim]  {escape(view.key)} uses {escape(str(event.data.get('tool')))}[/]")
+
+    def _stderr(self, view: _StepView, event: EventRecord) -> None:
+        if event.attempt == view.attempt:
+            for line in str(event.data.get("text", "")).splitlines():
+                self._line(f"[dim]  {escape(view.key)} stderr: {escape(line)}[/]")
 
     def _session(self, view: _StepView, event: EventRecord) -> None:
         session = escape(str(event.data.get("session_id")))
@@ -189,6 +193,17 @@ class ProgressView:
         return Group(*parts)
 
 
+def _cli_summary(data: dict[str, Any]) -> str | None:
+    """`exit 0, 2 files changed` for a command-line step, None for others."""
+    details: dict[str, Any] = data.get("details") or {}
+    cli: dict[str, Any] | None = details.get("cli")
+    if cli is None:
+        return None
+    files = len((details.get("diff") or {}).get("files") or [])
+    changed = f", {files} file{'s' if files != 1 else ''} changed" if "diff" in details else ""
+    return f"exit {cli.get('exit_code')}{changed}"
+
+
 def _indent(text: str) -> str:
     return "\n".join(f"    {line}" for line in text.splitlines())
 
@@ -202,6 +217,7 @@ _HANDLERS = {
     "step_skipped": ProgressView._skipped,
     "step_tool": ProgressView._tool,
     "step_session": ProgressView._session,
+    "step_stderr": ProgressView._stderr,
     "step_blocked": ProgressView._blocked,
     "approval_requested": ProgressView._approval_requested,
     "approval_decided": ProgressView._approval_decided,
