@@ -8,15 +8,19 @@ import shutil
 import socket
 import statistics
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Generator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
+from agentmill.engine.engine import Engine
 from agentmill.settings import Settings
+from agentmill.spec.models import ProjectSpec
 
 PG_ADMIN_URL = os.environ.get("AGENTMILL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -79,3 +83,15 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def execution_time(engine: Engine, project: ProjectSpec, inputs: dict[str, Any]) -> float:
+    """Wall time of a run from its first event to its last (excludes queue pickup)."""
+    run = await engine.submit(project, "w", inputs)
+    first = last = 0.0
+    async for _ in engine.follow(run.id):
+        first = first or time.perf_counter()
+        last = time.perf_counter()
+    finished = await engine.store.get_run(run.id)
+    assert finished.status == "succeeded", finished.error
+    return last - first

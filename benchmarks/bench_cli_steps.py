@@ -30,7 +30,7 @@ from agentmill.engine.engine import Engine
 from agentmill.settings import Settings
 from agentmill.spec.loader import load_project_text
 from agentmill.spec.models import AgentSpec
-from benchmarks._common import row, sqlite_settings
+from benchmarks._common import execution_time, row, sqlite_settings
 
 RUNS = 200
 ENGINE_RUNS = 30
@@ -93,18 +93,6 @@ workflows:
     return load_project_text(text, "bench.yaml").spec
 
 
-async def _run_seconds(engine: Engine, project: Any) -> float:
-    """Wall time from the run's first event to its last (excludes queue pickup)."""
-    run = await engine.submit(project, "w", {})
-    first = last = 0.0
-    async for _ in engine.follow(run.id):
-        first = first or time.perf_counter()
-        last = time.perf_counter()
-    finished = await engine.store.get_run(run.id)
-    assert finished.status == "succeeded", finished.error
-    return last - first
-
-
 async def _overhead(engine: Engine, settings: Settings) -> None:
     print(f"\n`{TRUE}`: spawn to result ({RUNS} calls; {ENGINE_RUNS} runs on SQLite)\n")
     print("| variant | median | p95 | median - bare |")
@@ -119,10 +107,10 @@ async def _overhead(engine: Engine, settings: Settings) -> None:
 
     _print("CLI agent call (`CliAgent.run`)", await _times(one_call, RUNS), floor)
     project = _project(f"[{TRUE}]")
-    runs = [await _run_seconds(engine, project) for _ in range(ENGINE_RUNS)]
+    runs = [await execution_time(engine, project, {}) for _ in range(ENGINE_RUNS)]
     _print("durable run of one CLI step (first to last event)", runs, floor)
     project = _project(f"[{TRUE}]", where=f"repo: {_repository()}")
-    runs = [await _run_seconds(engine, project) for _ in range(ENGINE_RUNS)]
+    runs = [await execution_time(engine, project, {}) for _ in range(ENGINE_RUNS)]
     _print("the same in a git worktree (add, diff, commit, remove)", runs, floor)
 
 
@@ -166,7 +154,7 @@ async def _streaming(engine: Engine) -> None:
     project = _project(f'["{sys.executable}", "{script.name}"]')
     seconds: list[float] = []
     for _ in range(3):
-        seconds.append(await _run_seconds(engine, project))
+        seconds.append(await execution_time(engine, project, {}))
     median = statistics.median(seconds)
     run_id = (await engine.store.list_runs(limit=1))[0].id
     stored = [e for e in await engine.store.events(run_id) if e.kind == "step_output"]

@@ -11,7 +11,6 @@ import gc
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
-from typing import Any
 
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -22,7 +21,7 @@ from agentmill.agents.models import override_models
 from agentmill.engine.engine import Engine
 from agentmill.settings import Settings
 from agentmill.spec.models import AgentSpec, ProjectSpec, StepSpec, WorkflowSpec
-from benchmarks._common import fake_model, postgres_settings, row, sqlite_settings
+from benchmarks._common import execution_time, fake_model, postgres_settings, row, sqlite_settings
 
 
 class _NoContext:
@@ -49,18 +48,6 @@ def _fan_out(cap: int) -> ProjectSpec:
         agents={"a": AgentSpec(model="openai:fake")},
         workflows={"w": WorkflowSpec(steps=[step], inputs={"items": {"type": "list"}})},  # type: ignore[dict-item]
     )
-
-
-async def _execution_time(engine: Engine, project: ProjectSpec, inputs: dict[str, Any]) -> float:
-    """Wall time from the run's first event to its last (excludes queue pickup)."""
-    run = await engine.submit(project, "w", inputs)
-    first = last = 0.0
-    async for _ in engine.follow(run.id):
-        first = first or time.perf_counter()
-        last = time.perf_counter()
-    finished = await engine.store.get_run(run.id)
-    assert finished.status == "succeeded", finished.error
-    return last - first
 
 
 async def _floor_sequential(steps: int, latency: float) -> float:
@@ -91,8 +78,8 @@ async def bench_sequential(settings: Settings, backend: str, steps: int = 200) -
     await engine.start()
     try:
         with override_models(lambda label: fake_model(0)):
-            await _execution_time(engine, _chain(5), {})  # warm-up
-            durable = min([await _execution_time(engine, _chain(steps), {}) for _ in range(3)])
+            await execution_time(engine, _chain(5), {})  # warm-up
+            durable = min([await execution_time(engine, _chain(steps), {}) for _ in range(3)])
         floor = min([await _floor_sequential(steps, 0) for _ in range(3)])
     finally:
         await engine.stop()
@@ -114,9 +101,9 @@ async def bench_fan_out(
     items = list(range(calls))
     try:
         with override_models(lambda label: fake_model(latency)):
-            await _execution_time(engine, _fan_out(cap), {"items": items[:10]})
+            await execution_time(engine, _fan_out(cap), {"items": items[:10]})
             durable = min(
-                [await _execution_time(engine, _fan_out(cap), {"items": items}) for _ in range(2)]
+                [await execution_time(engine, _fan_out(cap), {"items": items}) for _ in range(2)]
             )
         floor = await _floor_fan_out(calls, latency, cap)
     finally:

@@ -13,6 +13,7 @@ from typing import Any
 
 from tests.cli.conftest import Cli
 from tests.cli_agents.gitrepo import make_repo
+from tests.cli_agents.procs import marked
 
 CONFIG = """
 agents:
@@ -117,3 +118,32 @@ def _resume_and_check(cli: Cli, run_id: str, log: Path, hung: dict[str, Any]) ->
     steps = _steps(cli, run_id)
     assert steps["second"]["details"]["cli"]["session_id"] == session
     assert steps["second"]["details"]["diff"]["files"] == ["notes.txt"]
+
+
+def test_ctrl_c_during_a_cli_step_ends_the_tool_and_the_run_can_resume(
+    cli: Cli, tmp_path: Path
+) -> None:
+    marker = f"marker-{tmp_path.name}"
+    hang = Path(__file__).resolve().parents[1] / "fixtures" / "fake_cli" / "hang.py"
+    (cli.cwd / "agentmill.yaml").write_text(f"""
+agents:
+  stuck:
+    runtime: cli
+    command: ["{sys.executable}", "{hang}", "--marker={marker}"]
+    workdir: .
+    grace: 0.5s
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: stuck, prompt: go}}
+""")
+    process = cli.start("run", "agentmill.yaml", "w")
+    _wait_for(lambda: bool(marked(marker)), timeout=60)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert marked(marker) == []  # the tool's whole session ended with the worker
+    run_id = _only_run_id(cli)
+    shown = json.loads(cli.run("runs", "show", run_id, "--json").stdout)
+    assert shown["status"] == "interrupted"

@@ -30,6 +30,23 @@ async def _run(engine: Engine, config: str, workflow: str = "w") -> tuple[Any, d
     return final, steps
 
 
+def _stubborn(marker: str, workdir: Path, extra: str = "") -> str:
+    """A workflow whose one step runs a tool that ignores SIGTERM, as do its children."""
+    return f"""
+agents:
+  stuck:
+    runtime: cli
+    command: ["{PYTHON}", "{fake_script("stubborn")}", "--marker={marker}"]
+    workdir: {workdir}
+    grace: 0.3s
+    {extra}
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: stuck, prompt: go}}
+"""
+
+
 def _diff_files(record: StepRecord) -> list[str]:
     return list((record.details or {})["diff"]["files"])
 
@@ -152,19 +169,7 @@ async def test_cancelling_a_run_kills_the_whole_process_group(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
     marker = f"marker-{tmp_path.name}"
-    config = f"""
-agents:
-  stuck:
-    runtime: cli
-    command: ["{PYTHON}", "{fake_script("stubborn")}", "--marker={marker}"]
-    workdir: {tmp_path}
-    grace: 0.3s
-workflows:
-  w:
-    steps:
-      - {{id: s, agent: stuck, prompt: go}}
-"""
-    project = load_project_text(config, "t.yaml").spec
+    project = load_project_text(_stubborn(marker, tmp_path), "t.yaml").spec
     run = await sqlite_engine.submit(project, "w", {})
     for _ in range(200):
         if len(marked(marker)) >= 3:
@@ -209,20 +214,7 @@ async def test_a_step_past_its_timeout_leaves_no_process_behind(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
     marker = f"marker-{tmp_path.name}"
-    config = f"""
-agents:
-  stuck:
-    runtime: cli
-    command: ["{PYTHON}", "{fake_script("stubborn")}", "--marker={marker}"]
-    workdir: {tmp_path}
-    timeout: 1s
-    grace: 0.3s
-workflows:
-  w:
-    steps:
-      - {{id: s, agent: stuck, prompt: go}}
-"""
-    final, steps = await _run(sqlite_engine, config)
+    final, steps = await _run(sqlite_engine, _stubborn(marker, tmp_path, "timeout: 1s"))
     assert final.status is RunStatus.FAILED
     assert "timed out after 1s" in (steps["s"].error or "")
     assert marked(marker) == []
