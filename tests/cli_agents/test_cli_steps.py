@@ -51,17 +51,9 @@ def _diff_files(record: StepRecord) -> list[str]:
     return list((record.details or {})["diff"]["files"])
 
 
-async def test_a_claude_step_in_a_worktree_feeds_its_diff_to_the_next_step(
-    sqlite_engine: Engine,
-    fake_bin: Path,
-    repo: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("FAKE_CLI_WRITE", "notes.txt")
-    monkeypatch.setenv("NOT_GRANTED", "secret-value")
-    monkeypatch.setenv("LC_ALL", "C.UTF-8")  # granted; else Python's locale coercion adds one
-    config = f"""
+def _fix_then_review(repo: Path, workdir: Path) -> str:
+    """Claude edits in a worktree; a script shows what it is given: the diff on stdin."""
+    return f"""
 agents:
   coder:
     runtime: cli
@@ -72,7 +64,7 @@ agents:
     runtime: cli
     command: ["{PYTHON}", "{fake_script("show_env")}"]
     stdin: "{{{{ prompt }}}}"
-    workdir: {tmp_path}
+    workdir: {workdir}
     env: [LC_ALL]
 workflows:
   w:
@@ -80,7 +72,19 @@ workflows:
       - {{id: fix, agent: coder, prompt: "add notes"}}
       - {{id: review, agent: reader, needs: [fix], prompt: "Review:\\n{{{{ steps.fix.diff }}}}"}}
 """
-    final, steps = await _run(sqlite_engine, config)
+
+
+async def test_a_claude_step_in_a_worktree_feeds_its_diff_to_the_next_step(
+    sqlite_engine: Engine,
+    fake_bin: Path,
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FAKE_CLI_WRITE", "notes.txt")
+    monkeypatch.setenv("NOT_GRANTED", "secret-value")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")  # granted; else Python's locale coercion adds one
+    final, steps = await _run(sqlite_engine, _fix_then_review(repo, tmp_path))
     assert final.status is RunStatus.SUCCEEDED, final.error
     fix = steps["fix"]
     assert fix.output == "Done: add notes"

@@ -131,6 +131,8 @@ class CliAgent(Agent):
     async def run(self, request: StepRequest, context: StepContext) -> StepResult:
         durable = as_durable(context)
         async with self._slots.hold(self._call.preset_name, self._call.preset.concurrency):
+            # What a dead worker's attempt left running must stop before this one starts.
+            await end_leftovers(durable.saved.get("process"), grace=self._call.grace)
             tree = await self._worktree(request, durable)
             # Interrupted (timeout, cancel, shutdown): the process group is gone and the
             # worktree stays, with the session id, for the next attempt.
@@ -174,7 +176,6 @@ class CliAgent(Agent):
             redact=self._redact,
             plain=call.preset.output == "text",
         )
-        await end_leftovers(context.saved.get("process"), grace=call.grace)
 
         async def started(pid: int) -> None:
             await context.save(process=session_record(pid))
