@@ -269,6 +269,35 @@ workflows:
     assert cli["session_id"] == "s-123"
 
 
+async def test_a_result_line_across_max_output_is_still_parsed(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    script = tmp_path / "crossing.py"
+    script.write_text(
+        "import json\n"
+        "print(json.dumps({'type': 'system', 'subtype': 'init', 'session_id': 's-9'}))\n"
+        "print(json.dumps({'type': 'result', 'result': 'done', 'total_cost_usd': 0.25,"
+        " 'session_id': 's-9', 'padding': 'p' * 3000}))\n"
+    )
+    config = f"""
+agents:
+  big:
+    runtime: cli
+    preset: claude
+    command: ["{PYTHON}", "{script}"]
+    workdir: {tmp_path}
+    max_output: 1KB
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: big, prompt: go}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    assert steps["s"].output == "done"
+    assert steps["s"].cost_usd == pytest.approx(0.25)
+
+
 async def test_a_resumed_session_that_fails_is_not_resumed_again(
     sqlite_engine: Engine, fake_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,9 +321,14 @@ workflows:
     assert final.status is RunStatus.FAILED
     assert "session is broken" in (steps["s"].error or "")
     resumed = [json.loads(line)["resumed"] for line in log.read_text().splitlines()]
-    assert resumed[0] is None  # a fresh session, reported, then the tool failed
-    assert resumed[1] is not None  # the retry resumed it, and failed too
-    assert resumed[2] is None  # so the last attempt started over
+    # Attempt 1: fresh. Attempts 2 and 3: resume the session, fail, start over at once.
+    assert resumed[0] is None
+    assert resumed[1] is not None
+    assert resumed[2] is None
+    assert resumed[3] is not None
+    assert resumed[3] != resumed[1]  # the session of the fresh start, not the failed one
+    assert resumed[4] is None
+    assert len(resumed) == 5
 
 
 async def test_granted_credentials_never_reach_the_event_log_or_the_error(
@@ -313,13 +347,20 @@ agents:
     command: ["{PYTHON}", "-c", "{code}"]
     env: [MY_API_KEY]
     workdir: {tmp_path}
+  fine:
+    runtime: cli
+    command: ["{PYTHON}", "-c", "import os; print('fine with', os.environ['MY_API_KEY'])"]
+    env: [MY_API_KEY]
+    workdir: {tmp_path}
 workflows:
   w:
     steps:
       - {{id: s, agent: leaky, prompt: go}}
+      - {{id: t, agent: fine, prompt: go}}
 """
     final, steps = await _run(sqlite_engine, config)
     assert final.status is RunStatus.FAILED
+    assert steps["t"].output == "fine with [redacted]\n"
     assert secret not in (steps["s"].error or "")
     assert "auth failed for [redacted]" in (steps["s"].error or "")
     events = await sqlite_engine.store.events(final.id)

@@ -205,7 +205,7 @@ async def test_an_escaped_process_that_keeps_writing_cannot_hold_the_run() -> No
 
 async def test_an_argument_too_long_for_linux_is_a_user_error_naming_the_fix() -> None:
     spec = ProcessSpec(argv=("/bin/true", "x" * 200_000), env=ENV, cwd=str(FAKE))
-    with pytest.raises(UserError, match=r"arguments are too long.*on stdin"):
+    with pytest.raises(UserError, match=r"arguments or environment are too long.*on stdin"):
         await run_process(spec, Lines())
 
 

@@ -45,6 +45,8 @@ from agentmill.spec.presets import DEFAULT_PRESET, PresetSpec
 __all__ = ["CliAgent", "CliCall", "PresetSlots", "cli_call"]
 
 STDERR_TAIL = 20
+MAX_ERROR_CHARS = 2000
+"""Of the error a tool reports; a failed step's whole message is kept under four times it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +139,10 @@ class CliAgent(Agent):
             # Interrupted (timeout, cancel, shutdown): the process group is gone and the
             # worktree stays, with the session id, for the next attempt.
             outcome = await self._execute(request, durable, tree)
+            if outcome[2] and _failure(outcome[0], outcome[1], self._redact) is not None:
+                # The session could not be resumed (or failed once resumed): start over.
+                await durable.save(session_id=None)
+                outcome = await self._execute(request, durable, tree)
             return await self._finish(request, durable, tree, outcome)
 
     async def _worktree(self, request: StepRequest, context: DurableContext) -> Worktree | None:
@@ -190,23 +196,21 @@ class CliAgent(Agent):
         tree: Worktree | None,
         outcome: tuple[ProcessResult, CliSummary, bool],
     ) -> StepResult:
-        result, summary, resumed = outcome
+        result, summary, _ = outcome
         details = _details(self._call.preset_name, result, summary, tree)
         if tree is not None:
-            details["diff"] = _diff_json(await diff_worktree(tree))
+            details["diff"] = _diff_json(await diff_worktree(tree), self._redact)
         failure = _failure(result, summary, self._redact)
         if failure is not None:
             diff = details.get("diff") or {}
             kept = {"files": diff.get("files"), "stat": diff.get("stat")} if diff else None
-            # A resumed session that failed is not resumed again: the next attempt starts over.
-            forget = {"session_id": None} if resumed else {}
-            await context.save(diff=kept, cli=details["cli"], **forget)
+            await context.save(diff=kept, cli=details["cli"])
             await self._clean_up(tree, request, failed=True)
             raise failure
         await self._clean_up(tree, request, failed=False)
         output = summary.result if summary.result is not None else (summary.text or result.stdout)
         return StepResult(
-            output=output,
+            output=self._redact(output),
             model=f"cli:{self._call.preset_name}",
             usage=Usage(
                 input_tokens=summary.input_tokens or 0,
@@ -310,11 +314,12 @@ def _worktree_root(saved_path: object, configured: Path) -> Path:
 
 def _ignore_everything_in(root: Path) -> None:
     """Worktrees under a repository's checkout (the default `.agentmill/worktrees`) must not
-    show there as untracked files."""
-    root.mkdir(parents=True, exist_ok=True)
-    ignore = root / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("*\n", encoding="utf-8")
+    show there as untracked files. Only a root created here gets the ignore file: a
+    directory the user made is theirs."""
+    if root.exists():
+        return
+    root.mkdir(parents=True)
+    (root / ".gitignore").write_text("*\n", encoding="utf-8")
 
 
 def _resumable_session(saved: Mapping[str, Any]) -> str | None:
@@ -326,11 +331,11 @@ def _resumable_session(saved: Mapping[str, Any]) -> str | None:
     return session if saved.get("session_host") in (None, socket.gethostname()) else None
 
 
-def _diff_json(diff: WorktreeDiff) -> dict[str, Any]:
+def _diff_json(diff: WorktreeDiff, redact: Callable[[str], str]) -> dict[str, Any]:
     return {
         "files": list(diff.files),
         "stat": diff.stat,
-        "patch": diff.patch,
+        "patch": redact(diff.patch),
         "truncated": diff.truncated,
     }
 
@@ -389,10 +394,23 @@ def _failure(
     else:
         reason = "reported an error"
     if summary.error:
-        reason += f": {summary.error}"
+        reason += f": {_clip(summary.error, MAX_ERROR_CHARS)}"
     tail = "\n".join(result.stderr_tail[-STDERR_TAIL:])
     message = f"command {reason}" + (f"; last lines of stderr:\n{tail}" if tail else "")
-    return CliFailed(redact(message), exit_code=result.exit_code, limit=result.limit_hit)
+    return CliFailed(
+        redact(_clip(message, 4 * MAX_ERROR_CHARS)),
+        exit_code=result.exit_code,
+        limit=result.limit_hit,
+    )
+
+
+def _clip(text: str, limit: int) -> str:
+    """`text` cut in the middle to at most about `limit` characters: its start says what
+    failed, its end holds the last lines."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} [... {len(text) - 2 * half:,} characters ...] {text[-half:]}"
 
 
 _LIMIT_WORDS = {

@@ -58,6 +58,7 @@ OnStart = Callable[[int], Awaitable[None]]
 _CHUNK = 64 * 1024  # bytes read from a pipe at a time
 _LINE_MAX = 4 * 1024 * 1024  # a longer line is passed on in pieces of at most this size
 _TAIL = 20  # stderr lines kept for the result
+_TAIL_LINE = 4096  # characters kept of each (the end: where the error usually is)
 _WATCH_EVERY = 0.05  # seconds between two counts of the session's processes
 _DRAIN_IDLE = 0.5  # once every process is gone, how long a pipe may stay open and silent
 _DRAIN_MAX = 2.0  # and how long an escaped process may keep writing into it
@@ -205,8 +206,10 @@ class _Sink:
         if len(head) == len(chunk):
             return
         if not self.truncated:
-            await self.flush()  # the line cut by the budget, as far as it goes
             self.truncated = True
+            if self._pending:  # the line cut by the budget, shown as far as it goes; it is
+                # still completed below and passed on whole for parsing
+                await self._on_lines(self.name, [_text(self._pending)], False)
             await self._on_lines(self.name, [self._marker], False)
         await self._split(chunk[len(head) :], dropped=True)
 
@@ -228,10 +231,14 @@ class _Sink:
     async def _deliver(self, raw: list[bytes], *, dropped: bool) -> None:
         if not raw:
             return
-        texts = [line.removesuffix(b"\r").decode("utf-8", "replace") for line in raw]
+        texts = [_text(line) for line in raw]
         if self._keep_tail:
-            self.tail.extend(texts)
+            self.tail.extend(text[-_TAIL_LINE:] for text in texts)
         await self._on_lines(self.name, texts, dropped)
+
+
+def _text(line: bytes) -> str:
+    return line.removesuffix(b"\r").decode("utf-8", "replace")
 
 
 async def _pump(stream: asyncio.StreamReader, sink: _Sink) -> None:
@@ -449,7 +456,12 @@ async def _spawn(argv: list[str], spec: ProcessSpec) -> asyncio.subprocess.Proce
             start_new_session=True,
         )
     except OSError as exc:
+        if exc.errno not in _USER_ERRNOS:
+            raise  # EAGAIN, ENOMEM, EMFILE ...: the machine's state, worth a retry
         raise UserError(_spawn_failure(spec.argv, exc)) from None
+
+
+_USER_ERRNOS = {errno.E2BIG, errno.ENOEXEC, errno.EACCES, errno.ENOENT, errno.ENOTDIR}
 
 
 def _spawn_failure(argv: tuple[str, ...], exc: OSError) -> str:
@@ -457,9 +469,9 @@ def _spawn_failure(argv: tuple[str, ...], exc: OSError) -> str:
     if exc.errno == errno.E2BIG:
         longest = max(len(arg.encode()) for arg in argv)
         return (
-            f"cannot start {program}: its arguments are too long (the longest is {longest:,}"
-            " bytes; Linux allows 128 KiB per argument). Pass the prompt on stdin"
-            ' (`stdin: "{{ prompt }}"`) instead of in `command`'
+            f"cannot start {program}: its arguments or environment are too long (the longest"
+            f" argument is {longest:,} bytes; Linux allows 128 KiB per argument). Pass the"
+            ' prompt on stdin (`stdin: "{{ prompt }}"`) instead of in `command`'
         )
     if exc.errno == errno.ENOEXEC:
         return f"cannot start {program}: it is not a program (a script needs a #! line)"
