@@ -41,6 +41,7 @@ class _StepView:
     tokens: int = 0
     text: str = ""
     attempts_text: dict[int, str] = field(default_factory=dict)
+    stderr_lines: int = 0
 
     def elapsed(self) -> str:
         if self.started is None:
@@ -98,6 +99,7 @@ class ProgressView:
     def _started(self, view: _StepView, event: EventRecord) -> None:
         view.status, view.attempt = "running", event.attempt
         view.started, view.finished, view.text = event.ts, None, ""
+        view.stderr_lines = 0
         self._line(f"[cyan]▶[/] {escape(view.key)} started (attempt {event.attempt})")
 
     def _output(self, view: _StepView, event: EventRecord) -> None:
@@ -151,9 +153,15 @@ class ProgressView:
             self._line(f"[dim]  {escape(view.key)} uses {escape(str(event.data.get('tool')))}[/]")
 
     def _stderr(self, view: _StepView, event: EventRecord) -> None:
-        if event.attempt == view.attempt:
-            for line in str(event.data.get("text", "")).splitlines():
+        if event.attempt != view.attempt:
+            return
+        for line in str(event.data.get("text", "")).splitlines():
+            view.stderr_lines += 1
+            if view.stderr_lines <= _STDERR_SHOWN:
                 self._line(f"[dim]  {escape(view.key)} stderr: {escape(line)}[/]")
+            elif view.stderr_lines == _STDERR_SHOWN + 1:
+                more = f"agentmill runs logs {escape(event.run_id)}"
+                self._line(f"[dim]  {escape(view.key)} stderr: ... (the rest: {more})[/]")
 
     def _session(self, view: _StepView, event: EventRecord) -> None:
         session = escape(str(event.data.get("session_id")))
@@ -191,6 +199,10 @@ class ProgressView:
             tail = "\n".join(streaming.text.splitlines()[-_TAIL_LINES:])
             parts.append(Panel(Text(tail), title=escape(streaming.key), border_style="cyan"))
         return Group(*parts)
+
+
+_STDERR_SHOWN = 20
+"""stderr lines of a step shown live; the event log has them all."""
 
 
 def _cli_summary(data: dict[str, Any]) -> str | None:
