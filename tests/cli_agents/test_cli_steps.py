@@ -240,25 +240,29 @@ print(json.dumps({"type": "result", "subtype": "success", "is_error": False, "re
 """
 
 
-async def test_the_result_after_max_output_still_counts_and_long_json_lines_parse(
-    sqlite_engine: Engine, tmp_path: Path
-) -> None:
-    script = tmp_path / "big.py"
-    script.write_text(BIG_SESSION)
-    config = f"""
+def _claude_script(script: Path, workdir: Path, max_output: str) -> str:
+    """A workflow running `script` as a tool that speaks Claude Code's stream-json."""
+    return f"""
 agents:
   big:
     runtime: cli
     preset: claude
     command: ["{PYTHON}", "{script}"]
-    workdir: {tmp_path}
-    max_output: 20KB
+    workdir: {workdir}
+    max_output: {max_output}
 workflows:
   w:
     steps:
       - {{id: s, agent: big, prompt: go}}
 """
-    final, steps = await _run(sqlite_engine, config)
+
+
+async def test_the_result_after_max_output_still_counts_and_long_json_lines_parse(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    script = tmp_path / "big.py"
+    script.write_text(BIG_SESSION)
+    final, steps = await _run(sqlite_engine, _claude_script(script, tmp_path, "20KB"))
     assert final.status is RunStatus.SUCCEEDED, final.error
     step = steps["s"]
     assert step.output == "all done"
@@ -279,20 +283,7 @@ async def test_a_result_line_across_max_output_is_still_parsed(
         "print(json.dumps({'type': 'result', 'result': 'done', 'total_cost_usd': 0.25,"
         " 'session_id': 's-9', 'padding': 'p' * 3000}))\n"
     )
-    config = f"""
-agents:
-  big:
-    runtime: cli
-    preset: claude
-    command: ["{PYTHON}", "{script}"]
-    workdir: {tmp_path}
-    max_output: 1KB
-workflows:
-  w:
-    steps:
-      - {{id: s, agent: big, prompt: go}}
-"""
-    final, steps = await _run(sqlite_engine, config)
+    final, steps = await _run(sqlite_engine, _claude_script(script, tmp_path, "1KB"))
     assert final.status is RunStatus.SUCCEEDED, final.error
     assert steps["s"].output == "done"
     assert steps["s"].cost_usd == pytest.approx(0.25)
