@@ -234,10 +234,7 @@ async def test_fork_bomb_is_stopped_by_the_process_limit() -> None:
     marker = _marker()
     spec = _spec("fork_bomb.py", marker, "--max=300", limits=Limits(processes=20), timeout=20)
     result = await run_process(spec, Lines())
-    if os.geteuid() == 0:
-        assert result.limit_hit == "processes"
-    else:  # RLIMIT_NPROC binds first: fork fails, the bomb exits 42
-        assert result.limit_hit == "processes" or result.exit_code == 42
+    assert result.limit_hit == "processes"  # the watchdog's, whatever the user
     assert result.duration < 10
     _assert_all_gone(marker, {result.pid})
 

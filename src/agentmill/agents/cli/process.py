@@ -72,7 +72,7 @@ class Limits:
 
     cpu_seconds: float | None = None  # RLIMIT_CPU: SIGXCPU, then SIGKILL a second later
     memory_bytes: int | None = None  # RLIMIT_AS: allocations past it fail
-    processes: int | None = None  # RLIMIT_NPROC, and the watchdog (root ignores NPROC)
+    processes: int | None = None  # the session watchdog (not RLIMIT_NPROC, see above)
     open_files: int | None = None  # RLIMIT_NOFILE
 
     def any_set(self) -> bool:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import shutil
-import signal
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agentmill.agents.cli.checks import binary_of
 from agentmill.agents.cli.presets import load_presets
+from agentmill.agents.cli.process import ProcessSpec, run_process
+from agentmill.errors import UserError
+from agentmill.settings import granted_environment
 from agentmill.spec.presets import PresetSpec
 
 __all__ = ["ToolStatus", "tool_statuses"]
@@ -48,24 +49,17 @@ async def _status(name: str, preset: PresetSpec) -> ToolStatus:
 
 async def _version(path: str, args: list[str]) -> str | None:
     """The first line the tool prints for its version, or None if it fails or hangs."""
+    spec = ProcessSpec(
+        argv=(path, *args),
+        env=granted_environment(["PATH", "HOME"]),  # node-based tools need them
+        cwd=tempfile.gettempdir(),
+        timeout=VERSION_TIMEOUT,
+        max_output=4096,
+        grace=0.5,
+    )
     try:
-        process = await asyncio.create_subprocess_exec(
-            path,
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError:
+        result = await run_process(spec)
+    except (UserError, OSError):
         return None
-    try:
-        async with asyncio.timeout(VERSION_TIMEOUT):
-            stdout, _ = await process.communicate()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # the tool and anything it started
-        await process.wait()
-        return None
-    lines = stdout.decode(errors="replace").strip().splitlines()
-    return lines[0][:200] if lines and process.returncode == 0 else None
+    lines = result.stdout.strip().splitlines()
+    return lines[0][:200] if lines and result.exit_code == 0 else None
