@@ -343,8 +343,8 @@ def test_approve_decides_a_gate_on_the_server(server: Server, client: Client) ->
     approved = client.run("approve", run_id, "sign-off", "-m", "looks good")
     assert approved.returncode == 0, approved.stderr
     assert "sign-off approved" in approved.stdout
-    out, _ = runner.communicate(timeout=60)
-    assert runner.returncode == 0
+    out, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, err
     assert "done publish (looks good)" in out
     again = client.run("approve", run_id, "sign-off", "--reject")
     assert again.returncode == 2
