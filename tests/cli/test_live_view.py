@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import re
 import time
+from collections.abc import AsyncIterator
 
+from pydantic_ai.messages import ModelMessage
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 from rich.console import Console
 
+from agentmill.agents.models import override_models
+from agentmill.cli.client import LocalClient, RunSource
 from agentmill.cli.live import ProgressView
+from agentmill.cli.run_cmd import follow_run
+from agentmill.engine.engine import Engine
+from agentmill.spec.loader import load_project_text
 from agentmill.store import EventRecord
+from tests.fakes import prompt_of
 
 
 def _event(seq: int, kind: str, step: str | None, attempt: int = 1, **data: object) -> EventRecord:
@@ -86,3 +98,75 @@ def test_a_command_line_step_shows_its_exit_status_files_and_stderr() -> None:
     assert "fix stderr: warning: slow disk" in text
     assert "fix uses Write" in text
     assert "(exit 0, 2 files changed)" in text
+
+
+TWO_STEPS = """
+version: 1
+agents:
+  a: {model: openai:gpt-4o}
+workflows:
+  w:
+    steps:
+      - {id: quick, agent: a, prompt: "quick"}
+      - {id: slow, agent: a, needs: [quick], prompt: "slow"}
+"""
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+def _rows(screen: io.StringIO, step: str) -> list[tuple[str, str]]:
+    """(status, elapsed) of every rendering of a step's table row so far."""
+    text = _CONTROL.sub("\n", screen.getvalue())
+    row = re.compile(rf"^{step} +([a-z]+) +(\d+\.\d)s", re.MULTILINE)
+    return row.findall(text)
+
+
+async def _wait_for_ticks(screen: io.StringIO, step: str, release: asyncio.Event) -> bool:
+    """Whether the step's elapsed time grows on screen while nothing happens to it."""
+    try:
+        async with asyncio.timeout(10):
+            while (
+                len({elapsed for status, elapsed in _rows(screen, step) if status == "running"}) < 3
+            ):
+                await asyncio.sleep(0.05)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        release.set()
+
+
+async def test_a_real_run_on_a_terminal_ends_succeeded_and_its_clock_ticks(
+    sqlite_engine: Engine,
+) -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, color_system=None, width=100)
+    release = asyncio.Event()
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        if prompt_of(messages) == "slow":
+            await release.wait()  # no event for this step until the screen has ticked
+        yield "done"
+
+    client = LocalClient(sqlite_engine)
+    source = RunSource(project=load_project_text(TWO_STEPS, "t.yaml").spec, config_path=None)
+    with override_models(lambda label: FunctionModel(stream_function=stream, model_name=label)):
+        run = await client.start(source, "w", {})
+        ticks = asyncio.create_task(_wait_for_ticks(screen, "slow", release))
+        code = await follow_run(client, run, as_json=False, console=console)
+    assert code == 0
+    assert [_rows(screen, step)[-1][0] for step in ("quick", "slow")] == ["succeeded"] * 2
+    shown = sorted({elapsed for status, elapsed in _rows(screen, "slow") if status == "running"})
+    assert await ticks, f"the elapsed time of a running step froze; it showed {shown}"
+
+
+def test_steps_under_way_when_the_run_ends_stop_with_it() -> None:
+    console = Console(force_terminal=True, color_system=None, record=True, width=100)
+    with ProgressView(console, step_ids=["a", "b", "c"]) as view:
+        view.handle(_event(1, "step_started", "a"))
+        view.handle(_event(2, "step_finished", "a", usage={"output_tokens": 2}))
+        view.handle(_event(3, "step_started", "b"))
+        view.handle(_event(4, "run_finished", None, status="cancelled", error="cancelled"))
+    final = console.export_text().split("step")[-1]
+    assert re.search(r"a +succeeded", final)
+    assert re.search(r"b +cancelled", final)
+    assert re.search(r"c +pending", final)

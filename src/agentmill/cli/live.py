@@ -27,7 +27,11 @@ _STATUS_STYLE = {
     "skipped": "dim",
     "blocked": "red",
     "waiting": "bold yellow",
+    "interrupted": "yellow",
+    "cancelled": "yellow",
 }
+_UNDER_WAY = frozenset({"running", "retrying", "waiting"})
+_RUN_ENDS = frozenset({"run_finished", "run_interrupted"})
 _TAIL_LINES = 12
 
 
@@ -61,16 +65,19 @@ class ProgressView:
 
     def __enter__(self) -> ProgressView:
         if self._console.is_terminal:
+            # Rendered afresh on every refresh (8/s), so elapsed times tick between events.
             self._live = Live(
-                self._render(), console=self._console, refresh_per_second=8, transient=False
+                console=self._console,
+                get_renderable=self._render,
+                refresh_per_second=8,
+                transient=False,
             )
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._live is not None:
-            self._live.update(self._render())
-            self._live.__exit__(None, None, None)
+            self._live.__exit__(None, None, None)  # renders the final state once more
 
     def restore(self, records: list[StepRecord]) -> None:
         """Show the state of calls from an earlier execution (when resuming)."""
@@ -85,9 +92,11 @@ class ProgressView:
             self._on_step_event(event)
         elif event.kind == "run_resumed":
             self._line(f"resuming: {len(event.data.get('reused', []))} finished calls reused")
-        if self._live is not None:
+        elif event.kind in _RUN_ENDS:
+            self._run_ended(event)
+        if self._live is not None and event.kind != "step_output":
             # Text chunks ride on the 8/s auto-refresh; state changes show at once.
-            self._live.update(self._render(), refresh=event.kind != "step_output")
+            self._live.refresh()
 
     def _on_step_event(self, event: EventRecord) -> None:
         assert event.step is not None
@@ -127,8 +136,8 @@ class ProgressView:
         self._line(f"[yellow]⏵[/] {escape(view.key)} {escape(outcome)}{decider}")
 
     def _finished(self, view: _StepView, event: EventRecord) -> None:
+        view.status, view.finished = "succeeded", event.ts
         if event.data.get("gate"):
-            view.status, view.finished = "succeeded", event.ts
             return  # `_approval_decided` said how
         usage: dict[str, Any] = event.data.get("usage") or {}
         view.tokens = int(usage.get("output_tokens") or view.tokens)
@@ -175,6 +184,18 @@ class ProgressView:
         view.status = "blocked"
         self._line(f"[red]⊘ {escape(view.key)} not run: needs failed steps[/]")
 
+    def _run_ended(self, event: EventRecord) -> None:
+        """Steps still under way when the run ends stop there (and their clocks too)."""
+        if event.kind == "run_interrupted":
+            outcome = "interrupted"
+        elif event.data.get("status") == "cancelled":
+            outcome = "cancelled"
+        else:
+            return  # a finished run's steps all ended with their own events
+        for view in self._steps.values():
+            if view.status in _UNDER_WAY:
+                view.status, view.finished = outcome, event.ts
+
     def _line(self, markup: str) -> None:
         if self._live is not None:
             self._live.console.print(markup)
@@ -185,7 +206,8 @@ class ProgressView:
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for column in ("step", "status", "elapsed", "tokens"):
             table.add_column(column)
-        for view in self._steps.values():
+        # A copy: the refresh thread renders while events change the steps.
+        for view in list(self._steps.values()):
             style = _STATUS_STYLE.get(view.status, "")
             table.add_row(
                 escape(view.key),

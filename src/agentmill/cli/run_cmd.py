@@ -7,7 +7,7 @@ import json
 import signal
 from collections.abc import Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from rich.markup import escape
@@ -21,6 +21,9 @@ from agentmill.errors import InputError
 from agentmill.settings import Settings
 from agentmill.spec.models import BudgetSpec
 from agentmill.store import RunRecord, RunStatus, run_cost
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["follow_run", "parse_inputs", "run_budget", "run_workflow", "validate_file"]
 
@@ -115,17 +118,25 @@ async def _start(
         return await follow_run(client, run, as_json=as_json)
 
 
-async def follow_run(client: RunsClient, run: RunRecord, *, as_json: bool, after: int = 0) -> int:
-    """Show a run until it ends. Ctrl-C stops following: a local run is interrupted and
-    left resumable, a remote one continues on the server."""
+async def follow_run(
+    client: RunsClient,
+    run: RunRecord,
+    *,
+    as_json: bool,
+    after: int = 0,
+    console: Console | None = None,
+) -> int:
+    """Show a run until it ends, its progress on `console` (stderr by default). Ctrl-C
+    stops following: a local run is interrupted and left resumable, a remote one
+    continues on the server."""
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, main.cancel)
     try:
-        await _show(client, run, as_json=as_json, after=after)
+        await _show(client, run, as_json=as_json, after=after, console=console)
     except asyncio.CancelledError:
-        err().print(f"\n[yellow]interrupted:[/] {escape(client.detached_note(run))}")
+        err().print("\n" + client.detached_note(run), soft_wrap=True)
         return EXIT_INTERRUPTED
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
@@ -138,11 +149,13 @@ async def follow_run(client: RunsClient, run: RunRecord, *, as_json: bool, after
     return EXIT_OK if final.status is RunStatus.SUCCEEDED else EXIT_FAILED
 
 
-async def _show(client: RunsClient, run: RunRecord, *, as_json: bool, after: int) -> None:
+async def _show(
+    client: RunsClient, run: RunRecord, *, as_json: bool, after: int, console: Console | None
+) -> None:
     from rich.console import Console
 
     step_ids = await client.plan(run)
-    console = Console(stderr=True, quiet=as_json)
+    console = console or Console(stderr=True, quiet=as_json)
     with ProgressView(console, step_ids=step_ids) as view:
         view.restore(await client.steps(run.id))
         async for event in client.follow(run.id, after=after):
