@@ -104,8 +104,15 @@ def credential_present(env_var: str) -> bool:
 
 
 def granted_environment(names: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """The values of the environment variables a command-line agent is granted (those set)."""
-    return {name: os.environ[name] for name in names if name in os.environ}
+    """The values of the environment variables a command-line agent is granted (those set).
+
+    A name ending in `*` grants every variable that starts with what comes before it
+    (`AIDER_*`: AIDER_MODEL, AIDER_EDIT_FORMAT ...)."""
+    prefixes = tuple(name[:-1] for name in names if name.endswith("*") and len(name) > 1)
+    granted = {name: os.environ[name] for name in names if name in os.environ}
+    if prefixes:
+        granted.update((k, v) for k, v in os.environ.items() if k.startswith(prefixes))
+    return granted
 
 
 def credential_value(env_var: str) -> str | None:

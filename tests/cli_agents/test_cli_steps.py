@@ -358,3 +358,76 @@ workflows:
     texts = json.dumps([event.data for event in events])
     assert secret not in texts
     assert "using [redacted]" in texts
+
+
+async def test_a_failed_step_records_its_cli_details(sqlite_engine: Engine, repo: Path) -> None:
+    code = (
+        "import sys; open('half.txt', 'w').write('half done');"
+        " print('no key found', file=sys.stderr); sys.exit(3)"
+    )
+    config = f"""
+agents:
+  broken:
+    runtime: cli
+    command: ["{PYTHON}", "-c", "{code}"]
+    repo: {repo}
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: broken, prompt: go}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.FAILED
+    cli = (steps["s"].details or {})["cli"]
+    assert cli["exit_code"] == 3
+    assert cli["timed_out"] is False
+    assert cli["stderr_tail"] == ["no key found"]
+    assert cli["files"] == ["half.txt"]
+    assert "limit" not in cli
+    failed = [e for e in await sqlite_engine.store.events(final.id) if e.kind == "step_failed"]
+    assert failed[0].data["details"]["cli"]["exit_code"] == 3
+
+
+async def test_a_timed_out_step_records_its_cli_details(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    marker = f"marker-{tmp_path.name}"
+    final, steps = await _run(sqlite_engine, _stubborn(marker, tmp_path, "timeout: 1s"))
+    assert final.status is RunStatus.FAILED
+    cli = (steps["s"].details or {})["cli"]
+    assert cli["timed_out"] is True
+    assert cli["limit"] == "timeout"
+    assert cli["exit_code"] == -9  # it ignores SIGTERM: killed after the grace
+    assert cli["signal"] == "SIGKILL"
+    assert cli["preset"] == "generic"
+
+
+async def test_aider_reaches_a_self_hosted_model_and_its_history_stays_out_of_the_diff(
+    sqlite_engine: Engine,
+    fake_bin: Path,
+    repo: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CLI_LOG", str(log))
+    monkeypatch.setenv("FAKE_CLI_WRITE", "hello.py")
+    monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:11434/v1")
+    config = f"""
+agents:
+  coder:
+    runtime: cli
+    preset: aider
+    env: [PATH, HOME, OPENAI_API_BASE, FAKE_CLI_LOG, FAKE_CLI_WRITE]
+    repo: {repo}
+workflows:
+  w:
+    steps:
+      - {{id: fix, agent: coder, prompt: "write hello"}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    assert _diff_files(steps["fix"]) == ["hello.py"]
+    branch = (steps["fix"].details or {})["cli"]["branch"]
+    assert git(repo, "ls-tree", "-r", "--name-only", branch).split() == ["README.md", "hello.py"]
+    assert json.loads(log.read_text())["api_base"] == "http://127.0.0.1:11434/v1"

@@ -215,3 +215,23 @@ def test_bad_paths_are_refused(path: str) -> None:
 def test_rule_lists_its_extractors_in_a_fixed_order() -> None:
     rule = EventRule(match={"type": "result"}, error="e", result="r", session="s")
     assert extractors(rule) == [("session", "s"), ("result", "r"), ("error", "e")]
+
+
+def test_presets_grant_what_a_self_hosted_model_needs_and_keep_bookkeeping_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    presets = load_presets()
+    aider = presets["aider"]
+    assert {"OPENAI_API_BASE", "OPENAI_BASE_URL", "OLLAMA_API_BASE", "AIDER_*"} <= set(aider.env)
+    assert {"ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"} <= set(presets["claude"].env)
+    assert "OPENAI_BASE_URL" in presets["codex"].env
+    assert "GOOGLE_GEMINI_BASE_URL" in presets["gemini"].env
+    assert aider.ignore == [".aider*"]
+    assert "--no-gitignore" in aider.command  # aider would add `.aider*` to .gitignore
+    from agentmill.settings import granted_environment
+
+    monkeypatch.setenv("AIDER_MODEL", "openai/qwen2.5-coder")
+    monkeypatch.setenv("AIDERX", "not a prefix match")
+    granted = granted_environment(aider.env)
+    assert granted["AIDER_MODEL"] == "openai/qwen2.5-coder"
+    assert "AIDERX" not in granted

@@ -117,9 +117,34 @@ async def test_diff_includes_what_a_tool_committed_itself(repo: Path, root: Path
         check=True,
         capture_output=True,
     )
-    assert git(tree.path, "status", "--porcelain") == ""
-    diff = await diff_worktree(tree)
+    untracked = git(tree.path, "status", "--porcelain").splitlines()
+    assert all(line.startswith("?? .aider") for line in untracked), untracked
+    diff = await diff_worktree(tree, ignore=[".aider*"])
     assert diff.files == ("aider.txt",)
+
+
+async def test_ignored_bookkeeping_stays_out_of_the_diff_and_the_commit(
+    repo: Path, root: Path
+) -> None:
+    tree = await open_worktree(repo, root, "run-1", "tool")
+    files = {
+        "work.txt": "the work",
+        ".tool.history": "top",
+        "sub/.tool.history": "nested",
+        ".tool.cache/index": "cache dir",
+        "logs/run.log": "anchored",
+        "sub/logs/kept.log": "not under the anchored pattern",
+    }
+    for name, text in files.items():
+        (tree.path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree.path / name).write_text(text)
+    ignore = [".tool*", "/logs/"]
+    diff = await diff_worktree(tree, ignore=ignore)
+    assert set(diff.files) == {"work.txt", "sub/logs/kept.log"}
+    assert ".tool" not in diff.patch
+    assert await commit_worktree(tree, "step", ignore=ignore)
+    changed = git(tree.path, "diff", "--name-only", tree.base, "HEAD").split()
+    assert set(changed) == {"work.txt", "sub/logs/kept.log"}
 
 
 async def test_an_unchanged_worktree_has_an_empty_diff(repo: Path, root: Path) -> None:

@@ -7,6 +7,7 @@ growing flags inside it.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ __all__ = [
     "StepResult",
     "Usage",
     "as_durable",
+    "estimate_input_tokens",
+    "estimate_tokens",
 ]
 
 
@@ -50,6 +53,9 @@ class Usage:
     output_tokens: int = 0
     cache_read_tokens: int = 0
     requests: int = 0
+    estimated: bool = False
+    """The provider reported no usage for (some of) these requests: their token counts are
+    agentmill's estimate from the text sent and received (`estimate_tokens`), never zero."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -57,22 +63,48 @@ class Usage:
             output_tokens=self.output_tokens + other.output_tokens,
             cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
             requests=self.requests + other.requests,
+            estimated=self.estimated or other.estimated,
         )
 
-    def to_json(self) -> dict[str, int]:
-        return {
+    def to_json(self) -> dict[str, int | bool]:
+        data: dict[str, int | bool] = {
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cache_read_tokens": self.cache_read_tokens,
             "requests": self.requests,
         }
+        if self.estimated:
+            data["estimated"] = True
+        return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Usage:
-        return cls(**{k: int(v) for k, v in data.items() if k in _USAGE_FIELDS})
+    def from_json(cls, data: Mapping[str, Any]) -> Usage:
+        counts = {k: int(v) for k, v in data.items() if k in _USAGE_FIELDS}
+        return cls(**counts, estimated=bool(data.get("estimated")))
 
 
 _USAGE_FIELDS = {"input_tokens", "output_tokens", "cache_read_tokens", "requests"}
+
+
+REQUEST_OVERHEAD_TOKENS = 32
+"""Tokens a request costs beyond its text (roles, message framing)."""
+
+
+def estimate_input_tokens(*texts: str) -> int:
+    """A conservative count of the tokens a request sending `texts` reads: their
+    `estimate_tokens` plus the request overhead."""
+    return REQUEST_OVERHEAD_TOKENS + estimate_tokens(*texts)
+
+
+def estimate_tokens(*texts: str) -> int:
+    """A conservative count of the tokens in `texts`, for a provider that reports none: one
+    per 3 ASCII characters (English averages about 4, code about 3.5), two per other
+    character (CJK, emoji)."""
+    total = 0
+    for text in texts:
+        ascii_chars = len(text) if text.isascii() else sum(c < "\x80" for c in text)
+        total += math.ceil(ascii_chars / 3) + 2 * (len(text) - ascii_chars)
+    return total
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +146,17 @@ class DurableContext(StepContext, Protocol):
         """Record values durably now; a later attempt (even after a crash) reads them."""
         ...
 
+    def note(self, **details: Any) -> None:
+        """Details of this attempt, recorded with the step when the attempt fails (a
+        success records its result's `details` instead), e.g. a tool's exit status."""
+        ...
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether the call's timeout has expired: an agent being cancelled can tell a
+        timeout from a cancel of the run or a shutdown."""
+        ...
+
 
 class _Ephemeral:
     """A DurableContext over a plain StepContext: events are dropped, nothing is kept."""
@@ -134,6 +177,13 @@ class _Ephemeral:
 
     async def save(self, **values: Any) -> None:
         self._saved.update(values)
+
+    def note(self, **details: Any) -> None:
+        return None
+
+    @property
+    def timed_out(self) -> bool:
+        return False
 
 
 def as_durable(context: StepContext) -> DurableContext:

@@ -43,7 +43,8 @@ class CallSpec:
 
 class _Context:
     """The DurableContext given to an agent: streams text as `step_output` events and keeps
-    what the agent saves in the call's RUNNING checkpoint, where a retry finds it."""
+    what the agent saves in the call's RUNNING checkpoint, where a retry finds it. What it
+    notes about the attempt goes into `noted`, recorded if the attempt fails."""
 
     def __init__(
         self,
@@ -54,6 +55,7 @@ class _Context:
         attempt: int,
         started: float,
         saved: dict[str, Any],
+        deadline: asyncio.Timeout,
     ) -> None:
         self._emitter = emitter
         self._store = store
@@ -61,6 +63,8 @@ class _Context:
         self._attempt = attempt
         self._started = started
         self._saved = saved
+        self._deadline = deadline
+        self.noted: dict[str, Any] = {}
 
     async def emit_text(self, text: str) -> None:
         self._emitter.emit("step_output", step=self._request.key, attempt=self._attempt, text=text)
@@ -84,6 +88,13 @@ class _Context:
         self._store.journal.put_step(record)
         await self._store.journal.commit()
 
+    def note(self, **details: Any) -> None:
+        self.noted.update(details)
+
+    @property
+    def timed_out(self) -> bool:
+        return self._deadline.expired()
+
 
 async def run_call(
     call: CallSpec, *, store: Store, emitter: RunEmitter, previous: StepRecord | None
@@ -104,15 +115,22 @@ async def run_call(
     while True:
         attempt += 1
         note = AttemptNote(retries=call.retries, first=attempt == earlier_attempts + 1)
+        noted: dict[str, Any] = {}
         record, error = await _attempt(
-            call, attempt, note, saved=saved, store=store, emitter=emitter
+            call, attempt, note, saved=saved, noted=noted, store=store, emitter=emitter
         )
         if record is not None:
             return record
         assert error is not None
         if attempt >= max_attempts or not retryable(error):
             return await _fail(
-                call, attempt, error, note, saved=saved, store=store, emitter=emitter
+                call,
+                attempt,
+                error,
+                note,
+                kept={**noted, **({SAVED: dict(saved)} if saved else {})},
+                store=store,
+                emitter=emitter,
             )
         if note.switching:
             retry_number, delay = 0, 0.0
@@ -144,9 +162,12 @@ async def _attempt(
     note: AttemptNote,
     *,
     saved: dict[str, Any],
+    noted: dict[str, Any],
     store: Store,
     emitter: RunEmitter,
 ) -> tuple[StepRecord | None, Exception | None]:
+    """One attempt: its committed record on success, else its error (and what the agent
+    noted about it, in `noted`)."""
     request = call.request
     current_step.set(request.key)
     started = time.time()
@@ -159,18 +180,22 @@ async def _attempt(
         emitter.emit("step_started", step=request.key, attempt=attempt, supersedes=attempt - 1)
     else:
         emitter.emit("step_started", step=request.key, attempt=attempt)
-    context = _Context(emitter, store, request, attempt=attempt, started=started, saved=saved)
-    attempt_request = replace(request, attempt=attempt)
     deadline = asyncio.timeout(call.timeout)
+    context = _Context(
+        emitter, store, request, attempt=attempt, started=started, saved=saved, deadline=deadline
+    )
+    attempt_request = replace(request, attempt=attempt)
     try:
         async with deadline:
             with noting(note):
                 result = await call.agent.run(attempt_request, context)
     except TimeoutError as exc:
+        noted.update(context.noted)
         if deadline.expired() and call.timeout is not None:
             return None, StepTimeout(request.key, call.timeout)
         return None, exc
     except Exception as exc:  # noqa: BLE001 - any agent failure is recorded and maybe retried
+        noted.update(context.noted)
         return None, exc
     return await _succeed(request, attempt, started, result, store=store, emitter=emitter), None
 
@@ -218,13 +243,15 @@ async def _fail(
     error: Exception,
     note: AttemptNote,
     *,
-    saved: dict[str, Any],
+    kept: dict[str, Any],
     store: Store,
     emitter: RunEmitter,
 ) -> StepRecord:
+    """Record the final failure, with the policies' details and `kept`: what the agent
+    noted about its last attempt and what it saved for a later one."""
     request = call.request
     message = str(StepFailed(request.key, _describe(error), attempts=attempt))
-    details = {**note.details, **({SAVED: dict(saved)} if saved else {})} or None
+    details = {**note.details, **kept} or None
     record = _record(
         request,
         StepStatus.FAILED,

@@ -141,6 +141,13 @@ class _BoundedContext:
     async def save(self, **values: Any) -> None:
         await self._durable.save(**values)
 
+    def note(self, **details: Any) -> None:
+        self._durable.note(**details)
+
+    @property
+    def timed_out(self) -> bool:
+        return self._durable.timed_out
+
 
 def _blocked_message(source: str, finding: Finding) -> str:
     return (

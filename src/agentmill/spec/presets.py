@@ -58,5 +58,12 @@ class PresetSpec(_Strict):
         default=None, gt=0, description="Processes of this tool at once, per worker"
     )
     env: list[str] = Field(
-        default_factory=list, description="Variables the tool usually needs (documentation)"
+        default_factory=list,
+        description="Variables the tool is granted by default; `PREFIX_*` grants every"
+        " variable whose name starts with PREFIX_",
+    )
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="Files the tool keeps for itself (gitignore-style patterns, e.g."
+        " `.aider*`): never in the step's diff or commit",
     )

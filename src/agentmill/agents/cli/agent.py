@@ -9,6 +9,7 @@ by a crash resumes that session, in the same worktree, instead of starting over.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -69,6 +70,8 @@ class CliCall:
     max_output: int
     grace: float
     limits: Limits = field(default_factory=Limits)
+    ignore: tuple[str, ...] = ()
+    """The preset's bookkeeping files, kept out of the diff and the commit."""
 
 
 def cli_call(
@@ -103,6 +106,7 @@ def cli_call(
             processes=limits.processes,
             open_files=limits.files,
         ),
+        ignore=tuple(preset.ignore),
     )
 
 
@@ -186,8 +190,33 @@ class CliAgent(Agent):
         async def started(pid: int) -> None:
             await context.save(process=session_record(pid))
 
-        result = await run_process(spec, on_lines=relay.on_lines, on_start=started)
+        stopped: list[ProcessResult] = []
+        try:
+            result = await run_process(
+                spec, on_lines=relay.on_lines, on_start=started, on_stopped=stopped.append
+            )
+        except asyncio.CancelledError:
+            if stopped:
+                await self._note_stopped(context, stopped[0], parser.summary, tree)
+            raise
         return result, parser.summary, session is not None
+
+    async def _note_stopped(
+        self,
+        context: DurableContext,
+        result: ProcessResult,
+        summary: CliSummary,
+        tree: Worktree | None,
+    ) -> None:
+        """Note how a cancelled call's tool ended; a timed-out one also with its files."""
+        timed_out = context.timed_out
+        cli = _details(self._call.preset_name, result, summary, tree)["cli"]
+        cli.update(_failure_details(result, self._redact, timed_out=timed_out))
+        if timed_out:
+            cli["limit"] = "timeout"
+            if tree is not None:
+                cli["files"] = list((await diff_worktree(tree, ignore=self._call.ignore)).files)
+        context.note(cli=cli)
 
     async def _finish(
         self,
@@ -199,12 +228,15 @@ class CliAgent(Agent):
         result, summary, _ = outcome
         details = _details(self._call.preset_name, result, summary, tree)
         if tree is not None:
-            details["diff"] = _diff_json(await diff_worktree(tree), self._redact)
+            diff = await diff_worktree(tree, ignore=self._call.ignore)
+            details["diff"] = _diff_json(diff, self._redact)
         failure = _failure(result, summary, self._redact)
         if failure is not None:
-            diff = details.get("diff") or {}
-            kept = {"files": diff.get("files"), "stat": diff.get("stat")} if diff else None
-            await context.save(diff=kept, cli=details["cli"])
+            cli = details["cli"]
+            cli.update(_failure_details(result, self._redact, timed_out=False))
+            if "diff" in details:
+                cli["files"] = details["diff"]["files"]
+            context.note(cli=cli)
             await self._clean_up(tree, request, failed=True)
             raise failure
         await self._clean_up(tree, request, failed=False)
@@ -225,7 +257,8 @@ class CliAgent(Agent):
         """Commit the step's changes on its branch, then drop the worktree unless kept."""
         if tree is None:
             return
-        await commit_worktree(tree, f"agentmill: run {request.run_id}, step {request.key}")
+        message = f"agentmill: run {request.run_id}, step {request.key}"
+        await commit_worktree(tree, message, ignore=self._call.ignore)
         keep = self._call.keep_worktree
         if keep == "always" or (keep == "on-failure" and failed):
             return
@@ -370,6 +403,8 @@ def _details(
         "truncated": result.truncated,
         "tools": summary.tools,
     }
+    if result.exit_code is not None and result.exit_code < 0:
+        cli["signal"] = _signal_name(-result.exit_code)
     if result.limit_hit:
         cli["limit"] = result.limit_hit
     if summary.session_id:
@@ -378,6 +413,23 @@ def _details(
         cli["worktree"] = str(tree.path)
         cli["branch"] = tree.branch
     return {"cli": cli}
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _failure_details(
+    result: ProcessResult, redact: Callable[[str], str], *, timed_out: bool
+) -> dict[str, Any]:
+    """What `details.cli` adds for a failed attempt: whether it timed out, the stderr tail."""
+    return {
+        "timed_out": timed_out,
+        "stderr_tail": [redact(line) for line in result.stderr_tail[-STDERR_TAIL:]],
+    }
 
 
 def _failure(

@@ -79,6 +79,11 @@ def preset_problems(preset: PresetSpec) -> list[str]:
         problems.append("`output: jsonl` needs at least one rule under `events`")
     for index, rule in enumerate(preset.events):
         problems.extend(f"events[{index}]: {problem}" for problem in _rule_problems(rule))
+    problems.extend(
+        f"ignore: {pattern!r} is not a file pattern (e.g. `.aider*` or `logs/`)"
+        for pattern in preset.ignore
+        if not pattern.strip("/") or pattern.startswith(("!", ":")) or ".." in pattern.split("/")
+    )
     first = set(TEMPLATE_VARIABLES) - {"session_id"}
     for template in (*preset.command, *([preset.stdin] if preset.stdin is not None else [])):
         problems.extend(_template_problems(template, first))

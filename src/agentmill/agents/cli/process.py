@@ -43,6 +43,7 @@ __all__ = [
     "OnLine",
     "OnLines",
     "OnStart",
+    "OnStopped",
     "ProcessResult",
     "ProcessSpec",
     "run_process",
@@ -54,6 +55,8 @@ OnLines = Callable[[Literal["stdout", "stderr"], list[str], bool], Awaitable[Non
 the lines come after the stream's `max_output`: not kept, still there to be parsed (a
 tool's final result and cost come last)."""
 OnStart = Callable[[int], Awaitable[None]]
+OnStopped = Callable[["ProcessResult"], None]
+"""What a run had done when it was cancelled (a timeout, a cancel, a shutdown)."""
 
 _CHUNK = 64 * 1024  # bytes read from a pipe at a time
 _LINE_MAX = 4 * 1024 * 1024  # a longer line is passed on in pieces of at most this size
@@ -495,6 +498,7 @@ async def run_process(
     *,
     on_lines: OnLines | None = None,
     on_start: OnStart | None = None,
+    on_stopped: OnStopped | None = None,
 ) -> ProcessResult:
     """Run `spec` to its end, streaming its output lines to `on_line` one by one, or to
     `on_lines` in batches (the lines of one pipe read: fewer, larger events for a fast
@@ -502,8 +506,8 @@ async def run_process(
     for a clean-up after a crash.
 
     Timeouts and the process watchdog end the run with `limit_hit` set; a cancellation
-    kills and reaps the whole session first, then propagates. Raises `MissingBinary` when
-    the program is not installed.
+    kills and reaps the whole session first, tells `on_stopped` how the child ended, then
+    propagates. Raises `MissingBinary` when the program is not installed.
     """
     deliver = on_lines if on_lines is not None else _one_by_one(on_line)
     argv = _command(spec)
@@ -526,15 +530,22 @@ async def run_process(
         limit_hit = await run.supervise()
     except BaseException:
         await _shielded(run.finish(drain=False))
+        if on_stopped is not None:
+            on_stopped(_result(run, started, marker, None))
         raise
     await _shielded(run.finish(drain=True))
     run.raise_errors()
+    return _result(run, started, marker, limit_hit)
+
+
+def _result(run: _Run, started: float, marker: str, limit_hit: str | None) -> ProcessResult:
+    proc = run.proc
     return ProcessResult(
         exit_code=proc.returncode,
         duration=time.monotonic() - started,
-        stdout=_stdout_text(out, marker),
-        stderr_tail=tuple(err.tail),
-        truncated=out.truncated,
-        limit_hit=limit_hit or _inferred_limit(spec, run, proc.returncode),
+        stdout=_stdout_text(run.out, marker),
+        stderr_tail=tuple(run.err.tail),
+        truncated=run.out.truncated,
+        limit_hit=limit_hit or _inferred_limit(run.spec, run, proc.returncode),
         pid=proc.pid,
     )

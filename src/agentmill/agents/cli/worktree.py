@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,31 +112,37 @@ async def open_worktree(repo: Path, root: Path, run_id: str, step_key: str) -> W
     return Worktree(path=path, branch=branch, base=base)
 
 
-async def diff_worktree(tree: Worktree, max_patch: int = 200_000) -> WorktreeDiff:
+async def diff_worktree(
+    tree: Worktree, max_patch: int = 200_000, *, ignore: Sequence[str] = ()
+) -> WorktreeDiff:
     """What changed since `tree.base`: edits, new untracked files and the tool's commits.
 
-    Stages everything (`git add -A`) in the worktree's own index, then diffs the index
+    Stages everything (`git add -A`) in the worktree's own index but the files `ignore`
+    matches (gitignore-style patterns: the tool's bookkeeping), then diffs the index
     against the base commit. The patch is read up to `max_patch` bytes and cut there.
     """
     cwd = tree.path
     diff = ("diff", "--cached", "--no-color", "--no-ext-diff", "--no-textconv")
-    await _git_retrying(cwd, "add", "-A")
-    names = await _git(cwd, *diff, "--name-only", "-z", tree.base)
-    stat = await _git(cwd, *diff, "--stat", tree.base)
-    patch, truncated = await _git_capped(cwd, (*diff, tree.base), max_patch)
+    paths = _pathspec(ignore)
+    await _git_retrying(cwd, "add", "-A", *paths)
+    names = await _git(cwd, *diff, "--name-only", "-z", tree.base, *paths)
+    stat = await _git(cwd, *diff, "--stat", tree.base, *paths)
+    patch, truncated = await _git_capped(cwd, (*diff, tree.base, *paths), max_patch)
     files = tuple(name for name in names.split("\0") if name)
     return WorktreeDiff(files=files, stat=stat, patch=patch, truncated=truncated)
 
 
-async def commit_worktree(tree: Worktree, message: str) -> str | None:
-    """Commit everything changed in the worktree on its branch; the new commit, or None
-    when there was nothing to commit.
+async def commit_worktree(
+    tree: Worktree, message: str, *, ignore: Sequence[str] = ()
+) -> str | None:
+    """Commit everything changed in the worktree but what `ignore` matches on its branch;
+    the new commit, or None when there was nothing to commit.
 
     Hooks and signing are skipped (a step's clean-up must not wait on a pre-commit hook or
     a GPG prompt); the author is the user's git identity, or `agentmill` when none is set.
     """
     cwd = tree.path
-    await _git_retrying(cwd, "add", "-A")
+    await _git_retrying(cwd, "add", "-A", *_pathspec(ignore))
     if not await _has_staged_changes(cwd):
         return None
     identity = [] if await _has_identity(cwd) else list(_FALLBACK_IDENTITY)
@@ -166,6 +173,21 @@ def _forget(path: Path) -> None:
 # --- helpers -----------------------------------------------------------------------------
 
 _FALLBACK_IDENTITY = ("-c", "user.name=agentmill", "-c", "user.email=agentmill@localhost")
+
+
+def _pathspec(ignore: Sequence[str]) -> tuple[str, ...]:
+    """Git pathspecs for the whole worktree but the gitignore-style patterns `ignore`: one
+    without a slash matches at any depth, one with a slash from the top; both also match
+    everything under a directory of that name. Not the repository's `info/exclude`: it is
+    shared with the user's checkout and every other worktree."""
+    if not ignore:
+        return ()
+    excluded: list[str] = []
+    for pattern in ignore:
+        anchored = "/" in pattern.rstrip("/")
+        name = pattern.strip("/") if anchored else f"**/{pattern.rstrip('/')}"
+        excluded += [f":(exclude,glob){name}", f":(exclude,glob){name}/**"]
+    return ("--", ".", *excluded)
 
 
 async def _has_staged_changes(cwd: Path) -> bool:
