@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -98,12 +98,13 @@ class RunsClient(Protocol):
         a server records the API key's id instead."""
         ...
 
-    def describe_status(self, run: RunRecord) -> str:
-        """The status as shown in tables (flags runs whose process is gone, locally)."""
+    def process_gone(self, run: RunRecord) -> bool:
+        """Whether a pending or running run lost the process executing it (locally: its
+        heartbeat stopped), so that only `runs resume` continues it."""
         ...
 
     def detached_note(self, run: RunRecord) -> str:
-        """What happened to the run when the user stops following it with Ctrl-C."""
+        """What happened to the run when the user stops following it with Ctrl-C (markup)."""
         ...
 
 
@@ -229,15 +230,17 @@ class LocalClient:
     ) -> ApprovalRecord:
         return await self.engine.decide(run_id, step_id, approve=approve, comment=comment, by=by)
 
-    def describe_status(self, run: RunRecord) -> str:
+    def process_gone(self, run: RunRecord) -> bool:
         from agentmill.engine.liveness import owner_alive
         from agentmill.store import RunStatus
 
         in_flight = run.status in {RunStatus.RUNNING, RunStatus.PENDING}
         beat = self.engine.settings.heartbeat_interval
-        if in_flight and not owner_alive(run, heartbeat_interval=beat):
-            return f"{run.status} (its process is gone: agentmill runs resume)"
-        return str(run.status)
+        return in_flight and not owner_alive(run, heartbeat_interval=beat)
 
     def detached_note(self, run: RunRecord) -> str:
-        return f"run {run.id} stopped; continue it with: agentmill runs resume {run.id}"
+        from agentmill.cli.report import closing_line
+        from agentmill.store import RunStatus
+
+        # Stopping this process's engine interrupts the run (resumable).
+        return closing_line(replace(run, status=RunStatus.INTERRUPTED))

@@ -15,6 +15,7 @@ import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -356,15 +357,14 @@ class RemoteClient:
         path = _runs(run_id, "approvals", step_id)
         return approval_from_json(await self._call("POST", path, json=body))
 
-    def describe_status(self, run: RunRecord) -> str:
-        return str(run.status)
+    def process_gone(self, run: RunRecord) -> bool:
+        return False  # the servers adopt the runs of a dead one themselves
 
     def detached_note(self, run: RunRecord) -> str:
-        return (
-            f"stopped following run {run.id}; it continues on the server. Follow it again "
-            f"with: agentmill runs logs --follow {run.id}  (or cancel it with: "
-            f"agentmill runs cancel {run.id})"
-        )
+        from agentmill.cli.report import closing_line
+
+        following = replace(run, status=RunStatus.RUNNING)
+        return f"stopped following; it continues on the server\n{closing_line(following)}"
 
     async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[EventRecord]:
         """Events over SSE until the terminal one, reconnecting after the last one seen.

@@ -11,7 +11,13 @@ from rich.text import Text
 
 from agentmill.store import CostSummary, RunRecord, RunStatus, StepRecord, run_cost
 
-__all__ = ["print_outputs", "run_to_json", "step_to_json"]
+__all__ = [
+    "closing_line",
+    "print_outputs",
+    "run_to_json",
+    "status_label",
+    "step_to_json",
+]
 
 
 def run_to_json(run: RunRecord, steps: list[StepRecord]) -> dict[str, Any]:
@@ -53,21 +59,68 @@ def step_to_json(step: StepRecord) -> dict[str, Any]:
 
 
 def print_outputs(
-    out: Console, err: Console, run: RunRecord, cost: CostSummary | None = None
+    out: Console,
+    err: Console,
+    run: RunRecord,
+    cost: CostSummary | None = None,
+    *,
+    process_gone: bool = False,
 ) -> None:
-    """Outputs on stdout; status, usage, cost and run id on stderr."""
+    """Outputs on stdout; the closing line (status, usage, cost, what next) on stderr."""
     for name, value in (run.outputs or {}).items():
         out.print(Rule(escape(name), align="left"))
         out.print(Text(value if isinstance(value, str) else _json(value)))
+    err.print(closing_line(run, cost, process_gone=process_gone), soft_wrap=True)
+
+
+def closing_line(
+    run: RunRecord, cost: CostSummary | None = None, *, process_gone: bool = False
+) -> str:
+    """The last words about a run (Rich markup), wherever they are printed: its status
+    and the command to go on, on a line of its own so that it can be copied.
+
+    `process_gone` marks a pending or running run whose executing process has died
+    (locally: its heartbeat stopped): it can only be resumed.
+    """
+    rid = run.id
+    status = run.status
+    if status is RunStatus.SUCCEEDED:
+        return f"[green]✔ run {rid} succeeded[/] ({_usage(run, cost)})"
+    if status is RunStatus.FAILED:
+        return (
+            f"[bold red]✘ run {rid} failed[/]: {escape(run.error or 'no error recorded')}\n"
+            f"  retry the failed steps with: agentmill runs resume {rid}"
+        )
+    in_flight = status in _IN_FLIGHT
+    if status is RunStatus.INTERRUPTED or (in_flight and process_gone):
+        why = f"{status}, its process is gone" if in_flight else str(status)
+        return f"[yellow]⏸ run {rid} {why}[/]\n  continue it with: agentmill runs resume {rid}"
+    if status is RunStatus.CANCELLED:
+        return f"[yellow]■ run {rid} cancelled[/]\n  resume it with: agentmill runs resume {rid}"
+    waiting = " (waiting to start)" if status is RunStatus.PENDING else ""
+    return (
+        f"[cyan]… run {rid} {status}{waiting}[/]\n"
+        f"  follow it with: agentmill runs logs --follow {rid}\n"
+        f"  stop it with: agentmill runs cancel {rid}"
+    )
+
+
+def status_label(run: RunRecord, *, process_gone: bool = False) -> str:
+    """A run's status in tables; flags a run whose process is gone."""
+    if process_gone and run.status in _IN_FLIGHT:
+        return f"{run.status} (its process is gone: agentmill runs resume)"
+    return str(run.status)
+
+
+_IN_FLIGHT = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+
+
+def _usage(run: RunRecord, cost: CostSummary | None) -> str:
     usage = run.usage or {}
     tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out tokens"
     if cost is not None and cost.calls:
         tokens += f", {cost.describe()}"
-    if run.status is RunStatus.SUCCEEDED:
-        err.print(f"[green]✔ run {run.id} succeeded[/] ({tokens})")
-    else:
-        err.print(f"[bold red]✘ run {run.id} {run.status}[/]: {escape(run.error or '')}")
-        err.print(f"  retry the failed steps with: agentmill runs resume {run.id}")
+    return tokens
 
 
 def _json(value: Any) -> str:

@@ -65,10 +65,12 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
     from rich.markup import escape
     from rich.table import Table
 
+    from agentmill.cli.report import status_label
+
     wanted = _parse_status(status) if status else None
     async with _client() as client:
         runs = await client.list_runs(status=wanted, workflow=workflow, limit=limit)
-        labels = [client.describe_status(run) for run in runs]
+        labels = [status_label(run, process_gone=client.process_gone(run)) for run in runs]
     if as_json:
         out().print_json(json.dumps([_run_summary(r) for r in runs]))
         return EXIT_OK
@@ -77,7 +79,10 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
         usage = run.usage or {}
         tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
         table.add_row(run.id, escape(run.workflow), label, _when(run.created_at), str(tokens))
-    out().print(table if runs else "no runs yet: start one with `agentmill run FILE WORKFLOW`")
+    if runs:
+        out().print(table)
+    else:
+        out().print("no runs yet: start one with `agentmill run FILE WORKFLOW`", soft_wrap=True)
     return EXIT_OK
 
 
@@ -85,16 +90,17 @@ async def _show(run_id: str, as_json: bool) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from agentmill.cli.report import print_outputs, run_to_json
+    from agentmill.cli.report import print_outputs, run_to_json, status_label
     from agentmill.store import run_cost
 
     async with _client() as client:
         run = await client.get_run(run_id)
         steps = await client.steps(run_id)
-        label = client.describe_status(run)
+        gone = client.process_gone(run)
     if as_json:
         out().print_json(json.dumps(run_to_json(run, steps)))
         return EXIT_OK
+    label = escape(status_label(run, process_gone=gone))
     out().print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {label}")
     table = Table(
         "step", "status", "attempt", "model", "tokens in/out", "cost", "elapsed", box=None
@@ -114,11 +120,13 @@ async def _show(run_id: str, as_json: bool) -> int:
             elapsed,
         )
     out().print(table)
-    print_outputs(out(), err(), run, run_cost(run, steps))
+    print_outputs(out(), err(), run, run_cost(run, steps), process_gone=gone)
     return EXIT_OK
 
 
 async def _logs(run_id: str, follow: bool) -> int:
+    from agentmill.cli.report import closing_line
+
     async with _client() as client:
         if follow:
             await client.get_run(run_id)
@@ -127,6 +135,9 @@ async def _logs(run_id: str, follow: bool) -> int:
         else:
             for event in await client.events(run_id):
                 out().print_json(json.dumps(event.to_json()), indent=None)
+        run = await client.get_run(run_id)
+        gone = client.process_gone(run)
+    err().print(closing_line(run, process_gone=gone), soft_wrap=True)
     return EXIT_OK
 
 
@@ -144,9 +155,14 @@ async def _resume(run_id: str, as_json: bool) -> int:
 
 
 async def _cancel(run_id: str) -> int:
+    from agentmill.cli.report import closing_line
+
     async with _client() as client:
         run = await client.cancel(run_id)
-    err().print(f"run {run.id}: cancel requested (status {run.status})")
+    if run.status.finished:
+        err().print(closing_line(run), soft_wrap=True)
+    else:
+        err().print(f"run {run.id}: cancel requested; it stops at its next step boundary")
     return EXIT_OK
 
 
