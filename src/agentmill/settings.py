@@ -1,17 +1,26 @@
 """Settings: the only module that reads environment variables.
 
 Library code receives a `Settings` object; entry points (CLI, server) build it once.
+An invalid value is a `UserError` naming each variable and the form it expects
+(`AGENTMILL_HEARTBEAT_INTERVAL=abc is not valid: expected a number of seconds, more than 0`);
+the values of secret settings are never shown.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from annotated_types import Ge, Gt
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentmill.errors import UserError
 
 __all__ = [
     "Settings",
@@ -23,10 +32,32 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class Unit:
+    """What a numeric setting counts, for error messages: `Annotated[float, Unit("seconds")]`."""
+
+    name: str
+
+
+Seconds = Annotated[float, Unit("seconds")]
+Bytes = Annotated[int, Unit("bytes")]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def _upper(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
 class Settings(BaseSettings):
     """agentmill settings, read from `AGENTMILL_*` environment variables."""
 
     model_config = SettingsConfigDict(env_prefix="AGENTMILL_", extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise UserError(_settings_message(exc)) from None
 
     home: Path = Field(default=Path(".agentmill"), description="Directory for the embedded store")
     database_url: str | None = Field(
@@ -37,9 +68,9 @@ class Settings(BaseSettings):
         default=None, description="Override the per-process executor id (must be unique)"
     )
     max_executor_threads: int = Field(default=16, ge=1)
-    heartbeat_interval: float = Field(default=2.0, gt=0)
-    event_flush_interval: float = Field(default=0.05, gt=0)
-    log_level: str = "WARNING"
+    heartbeat_interval: Seconds = Field(default=2.0, gt=0)
+    event_flush_interval: Seconds = Field(default=0.05, gt=0)
+    log_level: Annotated[LogLevel, BeforeValidator(_upper)] = "WARNING"
     log_json: bool = False
 
     # response cache (opt-in per agent); entries are signed with this secret
@@ -48,7 +79,7 @@ class Settings(BaseSettings):
         description="HMAC key for cache entries; generate one with "
         "`python -c 'import secrets; print(secrets.token_hex(32))'`",
     )
-    cache_max_bytes: int = Field(
+    cache_max_bytes: Bytes = Field(
         default=256 * 1024 * 1024, gt=0, description="Size bound of the response cache"
     )
 
@@ -68,18 +99,33 @@ class Settings(BaseSettings):
     github_webhook_tenant: str = Field(
         default="default", description="Tenant that owns runs started by GitHub webhooks"
     )
-    webhook_max_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
-    max_request_bytes: int = Field(default=1024 * 1024, gt=0)
-    rate_limit: float = Field(default=20.0, gt=0, description="Requests per second per API key")
+    webhook_max_bytes: Bytes = Field(default=25 * 1024 * 1024, gt=0)
+    max_request_bytes: Bytes = Field(default=1024 * 1024, gt=0)
+    rate_limit: Annotated[float, Unit("requests per second")] = Field(
+        default=20.0, gt=0, description="Requests per second per API key"
+    )
     rate_burst: int = Field(default=60, gt=0, description="Requests a key may make at once")
     max_streams_per_key: int = Field(default=20, gt=0)
     metrics_tenant: str = Field(
         default="default",
         description="/metrics covers every tenant: only admin keys of this tenant may read it",
     )
-    shutdown_grace: float = Field(
+    shutdown_grace: Seconds = Field(
         default=30.0, ge=0, description="Seconds running steps get to finish on shutdown"
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        """Refuse a URL the store could not open before anything prints or logs it."""
+        if not value:
+            return None
+        scheme = value.partition("://")[0].partition("+")[0]
+        if scheme not in _DATABASE_SCHEMES:
+            raise ValueError("unsupported scheme")
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+        return value
 
     @property
     def resolved_database_url(self) -> str:
@@ -96,6 +142,69 @@ class Settings(BaseSettings):
     def worktree_root(self) -> Path:
         """The absolute directory holding the git worktrees of command-line steps."""
         return (self.worktrees or self.home / "worktrees").resolve()
+
+
+_DATABASE_SCHEMES = frozenset({"postgresql", "postgres", "sqlite"})
+_HIDDEN_VALUES = frozenset({"database_url", "url"})
+"""Settings whose value may hold a password (in the URL), besides the `SecretStr` ones."""
+_EXPECTED_TEXT = {
+    "database_url": "postgresql://user:password@host:5432/database, "
+    "or unset it to use the SQLite file in AGENTMILL_HOME",
+}
+
+
+def _settings_message(exc: ValidationError) -> str:
+    problems: list[str] = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        field = Settings.model_fields.get(name)
+        if field is None:
+            problems.append(f"invalid settings: {error['msg']}")
+            continue
+        variable = f"AGENTMILL_{name.upper()}"
+        if _hides_value(name, field):
+            shown = f"{variable} is not valid (value not shown)"
+        else:
+            shown = f"{variable}={_shown(error['input'])} is not valid"
+        problems.append(f"{shown}: expected {_expected(name, field)}")
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} invalid settings:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _hides_value(name: str, field: FieldInfo) -> bool:
+    return name in _HIDDEN_VALUES or SecretStr in (field.annotation, *get_args(field.annotation))
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _expected(name: str, field: FieldInfo) -> str:
+    """The form a setting takes, e.g. "a number of seconds, more than 0"."""
+    if name in _EXPECTED_TEXT:
+        return _EXPECTED_TEXT[name]
+    kind = field.annotation
+    if kind is bool:
+        return "true or false (also 1/0, yes/no, on/off)"
+    if kind is int or kind is float:
+        return _number_form("a whole number" if kind is int else "a number", field)
+    if get_origin(kind) is Literal:
+        return "one of " + ", ".join(str(choice) for choice in get_args(kind))
+    return "text"
+
+
+def _number_form(text: str, field: FieldInfo) -> str:
+    units = [item.name for item in field.metadata if isinstance(item, Unit)]
+    text += f" of {units[0]}" if units else ""
+    for item in field.metadata:
+        if isinstance(item, Gt):
+            text += f", more than {item.gt}"
+        elif isinstance(item, Ge):
+            text += f", {item.ge} or more"
+    return text
 
 
 def credential_present(env_var: str) -> bool:

@@ -31,18 +31,23 @@ EXIT_INTERRUPTED = 130
 
 @functools.cache
 def err() -> Console:
-    """The stderr console (created on first use: rich is slow to import)."""
+    """The stderr console (created on first use: rich is slow to import).
+
+    Like `out()`, it never breaks a line of text (`soft_wrap`): commands in hints stay
+    whole when copied, and piped output is not cut at 80 columns. Tables still fit the
+    width; a terminal wraps long lines on screen only.
+    """
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @functools.cache
 def out() -> Console:
-    """The stdout console."""
+    """The stdout console (text never broken, as on `err()`)."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 Body = Callable[[], Coroutine[Any, Any, int] | int | None]
@@ -57,11 +62,11 @@ def run_command(body: Body) -> None:
     from agentmill.logs import configure_logging
     from agentmill.settings import Settings, secret_values
 
-    settings = Settings()
-    configure_logging(
-        settings.log_level, as_json=settings.log_json, secrets=secret_values(settings)
-    )
     try:
+        settings = Settings()  # invalid AGENTMILL_* values are a UserError, reported below
+        configure_logging(
+            settings.log_level, as_json=settings.log_json, secrets=secret_values(settings)
+        )
         result = body()
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
