@@ -187,3 +187,25 @@ def test_one_environment_is_shared() -> None:
     assert env is template_env()
     assert env.keep_trailing_newline
     assert not env.autoescape
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ("{% if x %}" * 5000 + "y" + "{% endif %}" * 5000, "more levels than Jinja can parse"),
+        ("{% if x %}" * 120 + "y" + "{% endif %}" * 120, "Python: too many levels of indentation"),
+        ("{% for i in x %}" * 25 + "y" + "{% endfor %}" * 25, "Python: too many statically nested"),
+        ("{{ " + "(" * 500 + "x" + ")" * 500 + " }}", "more levels than Jinja can parse"),
+        ("{{ x" + "|upper" * 3000 + " }}", "more levels than Jinja can parse"),
+    ],
+    ids=["if-5000", "if-120", "for-25", "parentheses", "filters"],
+)
+def test_a_template_nested_too_deeply_is_a_syntax_error(template: str, reason: str) -> None:
+    with pytest.raises(TemplateSyntaxError) as info:
+        references(template)
+    assert info.value.message is not None
+    assert info.value.message.startswith(f"the template nests too deeply ({reason}")
+    with pytest.raises(TemplateRenderError, match="the template nests too deeply"):
+        render(template, {"x": [1]})
+    with pytest.raises(TemplateRenderError, match="the template nests too deeply"):
+        evaluate(template, {"x": [1]})

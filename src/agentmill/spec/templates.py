@@ -11,7 +11,8 @@ The rendering context of a step is::
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,14 +77,40 @@ def template_env() -> SandboxedEnvironment:
     return _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
+@contextmanager
+def _nesting_checked() -> Generator[None]:
+    """Jinja parses recursively and compiles to Python, which limits nesting too: a
+    template nested thousands of blocks deep is a syntax error, not a crash."""
+    try:
+        yield
+    except RecursionError:
+        raise TemplateSyntaxError(_too_deep("more levels than Jinja can parse"), 1) from None
+    except SyntaxError as exc:  # in the generated Python: "too many levels of indentation"
+        raise TemplateSyntaxError(_too_deep(f"Python: {exc.msg}"), 1) from None
+
+
+def _too_deep(reason: str) -> str:
+    return (
+        f"the template nests too deeply ({reason}); "
+        "use fewer nested blocks ({% if %}, {% for %}), parentheses or filters"
+    )
+
+
 @functools.lru_cache(maxsize=1024)
 def _compiled(source: str) -> Template:
-    return template_env().from_string(source)
+    with _nesting_checked():
+        return template_env().from_string(source)
 
 
 @functools.lru_cache(maxsize=1024)
 def _compiled_expression(source: str) -> TemplateExpression:
-    return template_env().compile_expression(source, undefined_to_none=False)
+    with _nesting_checked():
+        return template_env().compile_expression(source, undefined_to_none=False)
+
+
+def _parsed(source: str) -> nodes.Template:
+    with _nesting_checked():
+        return template_env().parse(source)
 
 
 def render(template: str, context: Mapping[str, Any]) -> str:
@@ -133,7 +160,7 @@ def references(template: str) -> list[Reference]:
     compile, including unknown filters and tests.
     """
     env = template_env()
-    ast = env.parse(template)
+    ast = _parsed(template)
     _compiled(template)
     roots = meta.find_undeclared_variables(ast) - set(env.globals)
     found: list[Reference] = []
@@ -147,7 +174,7 @@ def _single_expression(template: str) -> str | None:
     if not (text.startswith("{{") and text.endswith("}}")):
         return None
     try:
-        body = template_env().parse(text).body
+        body = _parsed(text).body
     except TemplateSyntaxError:
         return None
     if len(body) != 1 or not isinstance(body[0], nodes.Output):
