@@ -1,5 +1,6 @@
-"""schemathesis over the app's own OpenAPI schema, with a valid key: no 5xx, and every
-response (status, content type, body) as the schema documents it.
+"""schemathesis over the app's own OpenAPI schema, with a valid key: no 5xx, every
+response (status, content type, body) as the schema documents it, every request the schema
+allows past the server's request validation, and `Allow` naming every method of a path.
 
 The app runs in-process with its lifespan (engine started), on SQLite and on PostgreSQL.
 Operations taking a run id are fuzzed twice: with generated ids (mostly unknown), and with
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import jsonschema_rs  # schemathesis validates with it
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -25,9 +27,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from agentmill.agents.models import override_models
@@ -45,11 +49,33 @@ pytestmark = pytest.mark.filterwarnings(
     ":hypothesis.errors.HypothesisDeprecationWarning"
 )
 
+
+def schema_valid_requests_pass_validation(
+    ctx: object, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
+    """A request generated from the schema (positive mode) is never refused by the server's
+    request validation: the schema says everything the request models enforce."""
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or response.status_code != 422:
+        return None
+    if getattr(meta.phase.data, "mutations", ()):
+        return None  # schemathesis labels some mutated (invalid) cases positive
+    problem = response.json()
+    if problem.get("type") == "urn:agentmill:problem:invalid-request":
+        raise AssertionError(
+            f"the schema allows what the server refused: {problem['detail']}\n{case.body!r}"
+        )
+    return None
+
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    unsupported_method,
+    allow_header_conformance,
+    schema_valid_requests_pass_validation,
 ]
 
 FUZZ = settings(
@@ -74,6 +100,7 @@ schema = schemathesis.openapi.from_dict(_app(Settings(home=Path("unused"))).open
 with_run_id = schema.include(path_regex=r"\{run_id\}")
 starting = schema.include(path="/v1/runs", method="POST")
 TENANT = "fuzz"
+PROBLEM = "application/problem+json"
 
 
 def _asgi(app: FastAPI) -> asgi.ASGIApp:
@@ -189,3 +216,70 @@ def test_a_nul_in_any_path_parameter_is_refused_not_a_5xx(live: Live) -> None:
             if not isinstance(status, int) or status >= 500:
                 failures.append(f"{method} {url}: {status}")
     assert not failures, "5xx for a NUL in a path parameter:\n" + "\n".join(failures)
+
+
+BUDGETS: list[dict[str, Any]] = [
+    {},
+    {"usd": None, "tokens": None},
+    {"usd": None},
+    {"usd": 0},
+    {"usd": 1.5},
+    {"usd": 1e12},
+    {"usd": 1e13},
+    {"tokens": 1},
+    {"tokens": 10**15},
+    {"tokens": 10**15 + 1},
+    {"tokens": 2**62},
+    {"tokens": 2**63},
+    {"usd": 2, "tokens": None},
+]
+
+
+def _request_bodies() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(method, path, body) with every budget above where a request takes one."""
+    for budget in BUDGETS:
+        yield "POST", "/v1/runs", {"workflow": "echo", "inputs": {"topic": "b"}, "budget": budget}
+        yield "POST", "/v1/keys", {"role": "viewer", "budget": {"day": budget}}
+    for period in ({}, {"day": None}, {"month": {}}, {"day": {"usd": 1}, "month": {}}):
+        yield "POST", "/v1/keys", {"role": "viewer", "budget": period}
+
+
+def test_the_schema_accepts_exactly_the_budgets_the_server_accepts(live: Live) -> None:
+    doc = live.app.openapi()
+    disagreements: list[str] = []
+    with asgi.get_client(_asgi(live.app)) as client:
+        for method, path, body in _request_bodies():
+            body_schema = doc["paths"][path][method.lower()]["requestBody"]["content"]
+            schema = {**body_schema["application/json"]["schema"], "components": doc["components"]}
+            allowed = jsonschema_rs.validator_for(schema).is_valid(body)
+            response = client.request(method, path, json=body, headers=live.headers)
+            refused = response.status_code == 422 and response.json()["type"].endswith(
+                ":invalid-request"
+            )
+            if allowed == refused:
+                verdict = "allows" if allowed else "refuses"
+                disagreements.append(
+                    f"{method} {path} {body}: the schema {verdict} it, the server answered "
+                    f"{response.status_code} {response.text[:200]}"
+                )
+    assert not disagreements, "\n".join(disagreements)
+
+
+def test_options_and_405_name_every_method_of_the_path(live: Live) -> None:
+    doc = live.app.openapi()
+    wrong: list[str] = []
+    with asgi.get_client(_asgi(live.app)) as client:
+        for template, operations in doc["paths"].items():
+            path = _fill(template, {"run_id": live.run_id, **REAL_VALUES})
+            expected = {method.upper() for method in operations} | {"OPTIONS"}
+            options = client.options(path, headers=live.headers)
+            refused = client.request("DELETE", path, headers=live.headers)
+            for response in (options, refused):
+                allowed = {m.strip() for m in response.headers.get("allow", "").split(",")}
+                if allowed != expected:
+                    wrong.append(f"{response.request.method} {path}: Allow {allowed}")
+            if options.status_code != 204:
+                wrong.append(f"OPTIONS {path}: {options.status_code}")
+            if refused.status_code != 405 or refused.headers["content-type"] != PROBLEM:
+                wrong.append(f"DELETE {path}: {refused.status_code} {refused.text[:100]}")
+    assert not wrong, "\n".join(wrong)

@@ -146,14 +146,14 @@ def _key_budget(
             budget[period] = limits
     from pydantic import ValidationError
 
-    from agentmill.spec.models import PeriodBudgets
+    from agentmill.spec.models import MAX_BUDGET_TOKENS, PeriodBudgets
 
     try:
         PeriodBudgets.model_validate(budget)
     except ValidationError:
         raise InputError(
-            "a budget limit must be a number more than 0 (tokens: a whole number below "
-            "2**62); omit the option for no limit"
+            "a budget limit must be a number more than 0 (tokens: a whole number up to "
+            f"{MAX_BUDGET_TOKENS:_}); omit the option for no limit"
         ) from None
     return budget or None
 

@@ -19,7 +19,7 @@ from agentmill.cli.report import print_outputs, run_to_json
 from agentmill.engine.project import load_checked
 from agentmill.errors import InputError
 from agentmill.settings import Settings
-from agentmill.spec.models import BudgetSpec
+from agentmill.spec.models import MAX_BUDGET_TOKENS, BudgetSpec
 from agentmill.store import RunRecord, RunStatus, run_cost
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def run_budget(usd: float | None, tokens: int | None) -> BudgetSpec | None:
     except ValidationError:
         raise InputError(
             "--budget-usd must be a number more than 0 and --budget-tokens a whole number "
-            "more than 0 (and below 2**62)"
+            f"more than 0 (at most {MAX_BUDGET_TOKENS:_})"
         ) from None
 
 

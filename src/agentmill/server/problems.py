@@ -6,13 +6,15 @@ logged with a reference the body repeats, so an operator can find them.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -141,6 +143,38 @@ def _status_of(exc: AgentmillError) -> tuple[int, str]:
     return 400, "bad-request"
 
 
+def allowed_methods(request: Request, routed: str | None) -> list[str]:
+    """Every method of the requested path, and OPTIONS (answered for any path).
+
+    The router answers a method mismatch from the first route whose path matches, so its
+    own `Allow` (`routed`) names only that route's methods; a path whose GET and POST are
+    declared apart needs them all. They are read from the OpenAPI document, which Allow must
+    agree with; a path that is a literal path there (`/v1/workflows/validate`) is that
+    resource, not an instance of a parameter (`/v1/workflows/{name}`). Paths the document
+    leaves out (the docs pages) keep the router's answer.
+    """
+    root = request.scope.get("root_path", "")
+    path = request.url.path.removeprefix(root) or "/"
+    documented: dict[str, dict[str, Any]] = request.app.openapi()["paths"]
+    matching = [
+        (template, operations)
+        for template, operations in documented.items()
+        if _template_pattern(template).fullmatch(path)
+    ]
+    literal = [(template, ops) for template, ops in matching if "{" not in template]
+    methods = {method.upper() for _, ops in literal or matching for method in ops}
+    if not methods and routed:
+        methods = {method.strip() for method in routed.split(",")}
+    return sorted(methods | {"OPTIONS"})
+
+
+@functools.cache
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """`/v1/runs/{run_id}` as a regular expression matching its concrete paths."""
+    parts = re.split(r"\{[^}]+\}", template)
+    return re.compile("[^/]+".join(re.escape(part) for part in parts))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Every error leaves the API as problem+json."""
 
@@ -174,10 +208,16 @@ def install_problem_handlers(app: FastAPI) -> None:
             422, "invalid-request", detail, instance=request.url.path, errors=errors
         )
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         detail = exc.detail or _TITLES.get(exc.status_code, "")
         headers = dict(exc.headers) if exc.headers else None
+        if exc.status_code == 405:
+            allowed = allowed_methods(request, (headers or {}).get("Allow"))
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers=headers)
+            detail = f"{request.method} is not allowed here; this path takes {headers['Allow']}"
         slug = _SLUGS.get(exc.status_code) or _TITLES.get(exc.status_code, "error").lower()
         slug = slug.replace(" ", "-")
         return problem_response(

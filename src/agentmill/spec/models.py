@@ -43,8 +43,9 @@ DEFAULT_MODEL = "local:smollm2"
 
 DEFAULT_APPROVAL_TIMEOUT = 7 * 86400.0
 
-MAX_BUDGET_TOKENS = 2**62
-"""Token budgets must fit a 64-bit database integer with room to add a reservation."""
+MAX_BUDGET_TOKENS = 10**15
+"""Far past any real budget; below 2**53, so the bound is exact as a JSON number (the OpenAPI
+document and JavaScript clients hold numbers as doubles) and a 64-bit column can add to it."""
 
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
@@ -74,15 +75,30 @@ class ModelEndpoint(_Strict):
     )
 
 
+BUDGET_LIMITS = ("usd", "tokens")
+"""A budget sets at least one of these; the validator and the JSON schema both read this."""
+
+
+def _at_least_one_limit(schema: dict[str, Any]) -> None:
+    """The JSON schema's half of `BudgetSpec._some_limit`, so the API's OpenAPI document
+    refuses what validation refuses (`{}`, all limits null)."""
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+        for name in BUDGET_LIMITS
+    ]
+
+
 class BudgetSpec(_Strict):
     """A spending limit in US dollars, tokens (input + output), or both."""
+
+    model_config = ConfigDict(json_schema_extra=_at_least_one_limit)
 
     usd: float | None = Field(default=None, gt=0, le=1e12, allow_inf_nan=False)
     tokens: int | None = Field(default=None, gt=0, le=MAX_BUDGET_TOKENS)
 
     @model_validator(mode="after")
     def _some_limit(self) -> BudgetSpec:
-        if self.usd is None and self.tokens is None:
+        if all(getattr(self, name) is None for name in BUDGET_LIMITS):
             raise ValueError("a budget needs `usd`, `tokens` or both")
         return self
 
