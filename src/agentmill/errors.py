@@ -20,6 +20,7 @@ cancelled run is recorded as cancelled, an interrupted one stays resumable.
         ├── TemplateRenderError     -- a prompt/when/foreach template failed at run time
         ├── CliFailed               -- a command-line agent exited non-zero or hit a limit
         ├── ProviderError           -- the model provider failed (transient or not)
+        ├── InternalError           -- anything unexpected: users see an id, the log the rest
         └── PolicyRefusal           -- a guard refused the call; never retried
             ├── BudgetExceeded      -- names the budget level, its limit and the spend
             └── GuardBlocked        -- prompt-injection screen or a size limit
@@ -27,6 +28,8 @@ cancelled run is recorded as cancelled, an interrupted one stays resumable.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "ConfigProblem",
     "GuardBlocked",
     "InputError",
+    "InternalError",
     "InvalidStateError",
     "MissingCredentialError",
     "MissingDependencyError",
@@ -48,6 +52,7 @@ __all__ = [
     "StepTimeout",
     "TemplateRenderError",
     "UserError",
+    "shown_error",
 ]
 
 
@@ -153,6 +158,30 @@ class ProviderError(RunFailure):
         self.transient = transient
         self.retry_after = retry_after
         super().__init__(message)
+
+
+class InternalError(RunFailure):
+    """An exception agentmill did not raise on purpose (a bug, a database error), as users
+    see it: a short message with an id. Its text never includes the original's, which may
+    hold SQL, parameters or paths; the log has the whole exception under the same id."""
+
+    def __init__(self, error_id: str, *, log: str = "worker") -> None:
+        self.error_id = error_id
+        super().__init__(f"internal error (id {error_id}): see the {log} log")
+
+
+def shown_error(
+    exc: Exception, *, log: logging.Logger, doing: str, where: str = "worker"
+) -> Exception:
+    """What users may see of `exc`: itself if agentmill raised it on purpose (its message
+    is written for users), otherwise an `InternalError` whose id is logged with `exc`."""
+    if isinstance(exc, AgentmillError):
+        return exc
+    error_id = uuid.uuid4().hex[:12]
+    log.error("%s: unexpected error (id %s)", doing, error_id, exc_info=exc)
+    internal = InternalError(error_id, log=where)
+    internal.__cause__ = exc
+    return internal
 
 
 class PolicyRefusal(RunFailure):

@@ -15,7 +15,14 @@ from typing import Any
 
 from agentmill.agents.base import Agent, StepRequest, StepResult
 from agentmill.engine.events import RunEmitter
-from agentmill.errors import PolicyRefusal, ProviderError, StepFailed, StepTimeout, UserError
+from agentmill.errors import (
+    PolicyRefusal,
+    ProviderError,
+    StepFailed,
+    StepTimeout,
+    UserError,
+    shown_error,
+)
 from agentmill.logs import current_step
 from agentmill.policy.retry import AttemptNote, noting, retry_delay, retryable
 from agentmill.store import StepRecord, StepStatus, Store
@@ -196,7 +203,9 @@ async def _attempt(
         return None, exc
     except Exception as exc:  # noqa: BLE001 - any agent failure is recorded and maybe retried
         noted.update(context.noted)
-        return None, exc
+        # What the step's error, its events and the API show: never an unexpected
+        # exception's own text (SQL, parameters), which goes to the log with an id.
+        return None, shown_error(exc, log=logger, doing=f"step {request.key} attempt {attempt}")
     return await _succeed(request, attempt, started, result, store=store, emitter=emitter), None
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import Any
 
 from agentmill.engine.drain import Drain
@@ -20,6 +19,7 @@ from agentmill.engine.events import EventBus, RunEmitter
 from agentmill.engine.interpreter import RunInterpreter, RunOutcome
 from agentmill.engine.liveness import Owner
 from agentmill.engine.plan import RunPlan
+from agentmill.errors import shown_error
 from agentmill.logs import current_run
 from agentmill.policy.budget import release_run_holds
 from agentmill.policy.chain import PolicyServices, RunScope, is_untrusted_trigger
@@ -92,11 +92,9 @@ class RunExecutor:
                 raise
             _uncancel()
             return await self._record_cancelled(run_id, emitter)
-        except Exception as exc:
-            reference = uuid.uuid4().hex[:12]
-            logger.exception("run %s stopped by an unexpected error (%s)", run_id, reference)
-            error = f"internal error {type(exc).__name__} (reference {reference} in the worker log)"
-            return await self._record_outcome(run_id, RunOutcome.failure(error), emitter)
+        except Exception as exc:  # noqa: BLE001 - logged with an id by shown_error
+            shown = shown_error(exc, log=logger, doing=f"run {run_id}")
+            return await self._record_outcome(run_id, RunOutcome.failure(str(shown)), emitter)
 
     def cancel(self, run_id: str) -> None:
         """Cancel a run executing here, unless it is already recording its end."""

@@ -22,7 +22,7 @@ from agentmill.engine.calls import CallSpec, run_call
 from agentmill.engine.drain import Drain
 from agentmill.engine.events import RunEmitter
 from agentmill.engine.plan import RunPlan
-from agentmill.errors import RunFailure, UserError
+from agentmill.errors import RunFailure, UserError, shown_error
 from agentmill.policy.chain import PolicyServices, RunScope, build_call_agent
 from agentmill.policy.guard import untrusted_sources
 from agentmill.spec.models import StepSpec
@@ -113,9 +113,9 @@ class RunInterpreter:
             outcome = self._node_failed(step, str(exc))
         except UserError as exc:  # e.g. a model whose key is gone since the run started
             outcome = self._node_failed(step, str(exc))
-        except Exception as exc:
-            logger.exception("step %s failed unexpectedly", step.id)
-            outcome = self._node_failed(step, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - logged with an id by shown_error
+            shown = shown_error(exc, log=logger, doing=f"step {step.id}")
+            outcome = self._node_failed(step, str(shown))
         self._views[step.id] = _view(step, outcome)
         future.set_result(outcome)
 

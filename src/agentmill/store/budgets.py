@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import OperationalError
 
 from agentmill.errors import BudgetExceeded
+from agentmill.store.reconnect import retrying_sync
 from agentmill.store.tables import budget_holds, budget_ledger
 
 __all__ = ["BudgetStore", "Hold", "HoldStatus", "LedgerEntry", "Limit"]
@@ -99,7 +100,9 @@ class BudgetStore:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def _in_thread(self, work: Callable[[], _T]) -> _T:
-        return await asyncio.to_thread(work)
+        """Run one unit (a transaction, or statements conditional on the hold's status)
+        on a worker thread, again if its connection was lost (`store/reconnect.py`)."""
+        return await asyncio.to_thread(retrying_sync, work)
 
     async def reserve(self, hold: Hold, limits: Sequence[Limit]) -> bool:
         """Reserve `hold` on every limit's scope at once, or raise BudgetExceeded naming

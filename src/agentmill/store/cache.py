@@ -27,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentmill.store.reconnect import connection_lost
 from agentmill.store.tables import cache_entries, cache_stats
 
 __all__ = [
@@ -186,6 +187,16 @@ class CacheBackend:
             return self._readers
 
     def _read(self, tenant: str, key: str) -> CacheRow | None:
+        try:
+            return self._read_once(tenant, key)
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
+            # The database ended this thread's connection (a restart, an idle reaper): one
+            # more try on a new one; a database still down makes the lookup a miss.
+            return self._read_once(tenant, key)
+
+    def _read_once(self, tenant: str, key: str) -> CacheRow | None:
         connection: _Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             connection = self._local.connection = self._open()

@@ -1,0 +1,229 @@
+"""Dropped database connections: every store the engine uses reconnects and goes on, and an
+unexpected database error reaches users as a short message with an id, never as SQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from pydantic import SecretStr
+
+from agentmill.agents.models import override_models
+from agentmill.engine.engine import Engine
+from agentmill.policy.cache import close_response_cache
+from agentmill.settings import Settings
+from agentmill.store import RunStatus
+from agentmill.store.cache import CacheBackend, CacheRow
+from agentmill.store.keys import KeyStore, Role
+from tests.conftest import PG_ADMIN_URL, started_engine
+from tests.engine.helpers import run_yaml
+from tests.fakes import ScriptedModel
+
+AGENT = "{model: openai:gpt-4o, instructions: be brief, max_tokens: 200, retries: 0}"
+
+
+def project(agent: str = AGENT, *, head: str = "", budget: str | None = "{usd: 5.0}") -> str:
+    budget_line = f"    budget: {budget}\n" if budget else ""
+    return f"""
+version: 1
+{head}
+agents:
+  a: {agent}
+workflows:
+  w:
+{budget_line}    steps:
+      - {{id: s1, agent: a, prompt: "one"}}
+      - {{id: s2, agent: a, needs: [s1], prompt: "two"}}
+  gated:
+    steps:
+      - {{id: draft, agent: a, prompt: "draft"}}
+      - {{id: sign-off, needs: [draft], approval: {{prompt: "ok?"}}}}
+      - {{id: publish, agent: a, needs: [sign-off], prompt: "publish"}}
+"""
+
+
+def terminate_backends(url: str) -> int:
+    """End every session on the test's database, as a restart or an idle reaper would;
+    waits until they are gone."""
+    import psycopg
+
+    database = url.rsplit("/", 1)[1]
+    query = (
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid()"
+    )
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        ended = [row[0] for row in conn.execute(query, (database,)).fetchall()]
+    assert ended
+    assert all(ended)
+    return len(ended)
+
+
+async def until_listening(url: str) -> None:
+    """Wait until DBOS's notification listener is connected to the database again."""
+    import psycopg
+
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND query LIKE 'LISTEN %%'"
+    async with asyncio.timeout(20):
+        while True:
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+                row = conn.execute(query, (url.rsplit("/", 1)[1],)).fetchone()
+            if row is not None and row[0] > 0:
+                return
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedModel]:
+    model = ScriptedModel()
+    with override_models(model.model):
+        yield model
+
+
+@pytest.fixture
+def pg_settings(fresh_pg_url: str, tmp_path: Any) -> Settings:
+    return Settings(
+        home=tmp_path / ".agentmill",
+        database_url=fresh_pg_url,
+        heartbeat_interval=0.5,
+        cache_secret=SecretStr("0123456789abcdef" * 4),
+    )
+
+
+@pytest.fixture
+async def pg_engine(pg_settings: Settings) -> AsyncIterator[Engine]:
+    async with started_engine(pg_settings) as engine:
+        try:
+            yield engine
+        finally:
+            if engine._executor is not None:  # pyright: ignore[reportPrivateUsage]
+                await close_response_cache(engine._executor.policies)  # pyright: ignore[reportPrivateUsage]
+
+
+async def run_twice_with_backends_terminated_between(
+    engine: Engine, url: str, text: str
+) -> tuple[Any, Any]:
+    first, _ = await run_yaml(engine, text)
+    assert first.status is RunStatus.SUCCEEDED, first.error
+    terminate_backends(url)
+    second, events = await asyncio.wait_for(run_yaml(engine, text), 60)
+    assert second.status is RunStatus.SUCCEEDED, second.error
+    assert [e.kind for e in events if e.kind.startswith("step_") and "fail" in e.kind] == []
+    return first, second
+
+
+@pytest.mark.postgres
+async def test_a_budgeted_run_after_terminated_backends_succeeds(
+    pg_engine: Engine, fresh_pg_url: str, scripted: ScriptedModel
+) -> None:
+    await run_twice_with_backends_terminated_between(pg_engine, fresh_pg_url, project())
+    assert scripted.calls == ["one", "two", "one", "two"]
+
+
+@pytest.mark.postgres
+async def test_a_rate_limited_run_after_terminated_backends_succeeds(
+    pg_engine: Engine, fresh_pg_url: str, scripted: ScriptedModel
+) -> None:
+    limits = 'limits: {"openai:gpt-4o": {rpm: 6000, concurrency: 2}}'
+    text = project(head=limits, budget=None)
+    await run_twice_with_backends_terminated_between(pg_engine, fresh_pg_url, text)
+    assert len(scripted.calls) == 4
+
+
+@pytest.mark.postgres
+async def test_the_cache_reads_and_writes_after_terminated_backends(fresh_pg_url: str) -> None:
+    from agentmill.store import Store
+
+    store = await Store.open(fresh_pg_url)  # the schema
+    await store.close()
+    backend = CacheBackend(fresh_pg_url, max_bytes=1_000_000, flush_interval=0.05)
+    try:
+        backend.put(cache_row("k1"))
+        await backend.commit()
+        assert await backend.get("acme", "k1") == cache_row("k1")  # the reader connects
+        terminate_backends(fresh_pg_url)
+        assert await backend.get("acme", "k1") == cache_row("k1")
+        backend.put(cache_row("k2"))
+        await backend.commit()
+        terminate_backends(fresh_pg_url)
+        assert await backend.get("acme", "k2") == cache_row("k2")
+    finally:
+        await backend.aclose()
+
+
+def cache_row(key: str) -> CacheRow:
+    return CacheRow(
+        tenant="acme", key=key, model="m", value='"v"', signature="s", size=3,
+        created_at=1.0, expires_at=4e9, last_used_at=1.0,
+    )  # fmt: skip
+
+
+@pytest.mark.postgres
+async def test_an_approval_decided_after_terminated_backends_goes_on(
+    pg_engine: Engine, fresh_pg_url: str, scripted: ScriptedModel
+) -> None:
+    from agentmill.spec.loader import load_project_text
+
+    spec = load_project_text(project(), "test.yaml").spec
+    run = await pg_engine.submit(spec, "gated", {})
+    async with asyncio.timeout(30):
+        async for event in pg_engine.follow(run.id):
+            if event.kind == "approval_requested":
+                break
+    terminate_backends(fresh_pg_url)
+    # DBOS's own notification listener reconnects after a second; a wake-up sent before
+    # that is lost and the gate reads the decision at its next periodic check instead.
+    await until_listening(fresh_pg_url)
+    await pg_engine.decide(run.id, "sign-off", approve=True, by="alice")
+    async with asyncio.timeout(30):
+        events = [event async for event in pg_engine.follow(run.id)]
+    final = await pg_engine.store.get_run(run.id)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    assert events[-1].kind == "run_finished"
+    assert scripted.calls == ["draft", "publish"]
+
+
+@pytest.mark.postgres
+async def test_keys_are_checked_after_terminated_backends(
+    pg_engine: Engine, fresh_pg_url: str
+) -> None:
+    keys = KeyStore(pg_engine.store.engine)
+    key, secret = await keys.create(tenant="acme", role=Role.OPERATOR)
+    assert await keys.verify(secret) == key
+    terminate_backends(fresh_pg_url)
+    assert await keys.verify(secret) == key
+    terminate_backends(fresh_pg_url)
+    assert (await keys.revoke(key.id)).revoked_at is not None
+
+
+INTERNAL = re.compile(r"internal error \(id ([0-9a-f]{12})\): see the worker log")
+
+
+async def test_an_unexpected_database_error_is_shown_as_an_id_never_as_sql(
+    isolated_engine: Engine, scripted: ScriptedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with isolated_engine.store.engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE am_budget_holds RENAME TO am_budget_holds_gone"))
+    with caplog.at_level(logging.ERROR):
+        run, events = await asyncio.wait_for(run_yaml(isolated_engine, project()), 60)
+    assert run.status is RunStatus.FAILED
+    shown = [run.error or ""]
+    shown += [str(e.data) for e in events]
+    shown += [s.error or "" for s in await isolated_engine.store.steps(run.id)]
+    for text in shown:
+        assert "am_budget" not in text, text
+        assert "INSERT" not in text, text
+    found = INTERNAL.search(run.error or "")
+    assert found is not None, run.error
+    assert run.error == f"step 's1' failed: internal error (id {found[1]}): see the worker log"
+    failed = next(e for e in events if e.kind == "step_failed")
+    assert found[1] in failed.data["error"]
+    logged = [r for r in caplog.records if found[1] in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None
+    assert "am_budget_holds" in str(logged[0].exc_info[1])  # the details are in the log
