@@ -431,3 +431,26 @@ workflows:
     branch = (steps["fix"].details or {})["cli"]["branch"]
     assert git(repo, "ls-tree", "-r", "--name-only", branch).split() == ["README.md", "hello.py"]
     assert json.loads(log.read_text())["api_base"] == "http://127.0.0.1:11434/v1"
+
+
+async def test_a_grandchild_that_left_the_session_ends_with_the_step(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    marker = f"--marker=marker-{tmp_path.name}"
+    config = f"""
+agents:
+  leaky:
+    runtime: cli
+    command: ["{PYTHON}", "{fake_script("escape")}", orphan, "{marker}"]
+    workdir: {tmp_path}
+    grace: 0.3s
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: leaky, prompt: go}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    escaped = int(str(steps["s"].output).split()[1])
+    assert marked(marker) == []
+    assert not os.path.exists(f"/proc/{escaped}"), "alive, or a zombie of the worker"

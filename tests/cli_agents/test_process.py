@@ -398,3 +398,30 @@ async def test_bare_name_is_found_on_the_child_path(tmp_path: Path) -> None:
     spec = ProcessSpec(argv=("my-agent",), env=env, cwd=str(tmp_path))
     result = await run_process(spec, Lines())
     assert result.stdout == "hello from my-agent\n"
+
+
+@pytest.mark.parametrize("mode", ["orphan", "quiet"])
+async def test_a_descendant_that_left_the_session_is_ended_and_reaped(mode: str) -> None:
+    """A grandchild calls setsid() and sleeps. `orphan`: its parent exits at once, so it is
+    re-parented to the worker while the tool still runs; `quiet`: its parent stays in the
+    session and it runs with an empty environment. Either way it ends with the call, and
+    leaves no zombie."""
+    marker = _marker()
+    spec = ProcessSpec(
+        argv=(sys.executable, str(FAKE / "escape.py"), mode, marker),
+        env={**ENV, "AGENTMILL_IDEMPOTENCY_KEY": f"run-1:{marker}"},
+        identity="AGENTMILL_IDEMPOTENCY_KEY",
+        cwd=str(FAKE),
+        grace=GRACE,
+        timeout=20,
+    )
+    lines = Lines()
+    try:
+        result = await run_process(spec, lines)
+        assert result.exit_code == 0
+        (escaped,) = (int(line.split()[1]) for line in lines.of("stdout") if "escaped" in line)
+        assert marked(marker) == []
+        assert not os.path.exists(f"/proc/{escaped}"), "alive, or a zombie of the worker"
+        assert [z for z in zombie_children() if z.sid in (escaped, result.pid)] == []
+    finally:
+        _kill_and_reap(marker)

@@ -177,6 +177,7 @@ class CliAgent(Agent):
             max_output=call.max_output,
             grace=call.grace,
             limits=call.limits,
+            identity="AGENTMILL_IDEMPOTENCY_KEY",
         )
         parser = StreamParser(call.preset)
         relay = _Relay(

@@ -19,7 +19,7 @@ __all__ = ["end_leftovers", "session_record"]
 
 def session_record(pid: int) -> dict[str, Any]:
     """What identifies the session a child leads, for `end_leftovers` after a crash."""
-    return {"sid": pid, "host": socket.gethostname(), "start": _start_time(pid)}
+    return {"sid": pid, "host": socket.gethostname(), "start": reap.start_time(pid)}
 
 
 async def end_leftovers(record: Mapping[str, Any] | None, *, grace: float) -> bool:
@@ -29,17 +29,7 @@ async def end_leftovers(record: Mapping[str, Any] | None, *, grace: float) -> bo
     sid = record.get("sid")
     if not isinstance(sid, int) or not reap.session_members(sid):
         return False
-    leader_start = _start_time(sid)
+    leader_start = reap.start_time(sid)
     if leader_start is not None and leader_start != record.get("start"):
         return False  # the pid is another process's now
     return await reap.end_session(sid, leader=sid, grace=grace)
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rpartition(b")")[2].split()
-    except OSError:
-        return None
-    return int(fields[19])

@@ -4,9 +4,11 @@
       ├─ resolve argv[0] on the child's PATH, then the worker's      -> MissingBinary
       ├─ [prlimit --cpu= --as= --nofile= --] argv                     (no shell, ever)
       ├─ create_subprocess_exec(start_new_session=True)               own session and group
-      ├─ tasks: stdin writer, stdout/stderr readers -> on_line, [process-count watchdog]
+      ├─ tasks: stdin writer, stdout/stderr readers -> on_line, [process-count watchdog],
+      │         a scan of processes that leave the session (see `escapes`)
       ├─ until the leader exits, the timeout, the watchdog or a cancellation
-      └─ end_session: SIGTERM group and session, grace, SIGKILL, reap (shielded)
+      └─ end_session: SIGTERM group and session, grace, SIGKILL, reap (shielded);
+         then the same for the processes that left it
 
 Resource limits are applied by exec'ing util-linux `prlimit`, which sets them on itself and
 execs the command (same pid, so the agent stays the session leader), not by `preexec_fn`:
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from agentmill.agents.cli import reap
+from agentmill.agents.cli.escapes import SCAN_EVERY, Escapes, identity_entry
 from agentmill.errors import MissingDependencyError, UserError
 
 __all__ = [
@@ -97,6 +100,9 @@ class ProcessSpec:
     max_output: int = 1_000_000  # bytes of stdout kept in the result
     grace: float = 5.0  # SIGTERM -> grace -> SIGKILL
     limits: Limits = field(default_factory=Limits)
+    identity: str | None = None
+    """The name of a variable of `env` whose value only this run's processes carry: a
+    descendant that left the session and was orphaned is recognised by it."""
 
     def __post_init__(self) -> None:
         if not self.argv:
@@ -292,6 +298,13 @@ async def _leader_exit(proc: asyncio.subprocess.Process) -> None:
         os.close(fd)
 
 
+async def _track(escapes: Escapes) -> None:
+    """Record the processes that leave the session, while the run lasts."""
+    while True:
+        await asyncio.sleep(SCAN_EVERY)
+        escapes.scan()
+
+
 async def _watch(sid: int, limit: int) -> None:
     """Returns once the session holds more than `limit` processes."""
     while True:
@@ -311,6 +324,8 @@ class _Run:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     exited: asyncio.Task[None] | None = None
     watchdog: asyncio.Task[None] | None = None
+    tracker: asyncio.Task[None] | None = None
+    escapes: Escapes | None = None
     signalled: bool = False
 
     def start(self) -> None:
@@ -326,6 +341,9 @@ class _Run:
             self.tasks.append(asyncio.ensure_future(_feed_stdin(proc.stdin, self.spec.stdin)))
         if self.spec.limits.processes is not None:
             self.watchdog = asyncio.ensure_future(_watch(proc.pid, self.spec.limits.processes))
+        identity = identity_entry(self.spec.env, self.spec.identity)
+        self.escapes = Escapes(proc.pid, identity=identity)
+        self.tracker = asyncio.ensure_future(_track(self.escapes))
 
     async def supervise(self) -> str | None:
         """Wait for the leader's exit; the limit that ended the run early, if one did."""
@@ -355,13 +373,16 @@ class _Run:
     async def finish(self, *, drain: bool) -> None:
         """Kill what is left of the session and reap it. With `drain`, read the pipes to
         their end first; without (cancelled, or on_line failed), stop reading at once."""
-        helpers = [task for task in (self.watchdog, self.exited) if task is not None]
+        helpers = [t for t in (self.watchdog, self.exited, self.tracker) if t is not None]
         for task in helpers:
             task.cancel()
         if not drain:
             self._stop_reading()
         pid = self.proc.pid
+        assert self.escapes is not None
+        self.escapes.scan()  # while the session's members still lead to what they started
         self.signalled = await reap.end_session(pid, leader=pid, grace=self.spec.grace)
+        await self.escapes.end(grace=self.spec.grace)
         if drain:
             await self._drain()
         await self.proc.wait()

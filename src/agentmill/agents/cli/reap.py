@@ -26,7 +26,18 @@ import sys
 from contextlib import suppress
 from dataclasses import dataclass
 
-__all__ = ["Member", "become_subreaper", "count_session", "end_session", "session_members"]
+__all__ = [
+    "Member",
+    "become_subreaper",
+    "children_by_scan",
+    "count_session",
+    "end_session",
+    "has_proc",
+    "read_member",
+    "session_members",
+    "session_pids",
+    "start_time",
+]
 
 _PR_SET_CHILD_SUBREAPER = 36
 _POLL = 0.02  # between scans while waiting for members to die
@@ -64,20 +75,47 @@ def become_subreaper() -> bool:
 
 
 @functools.cache
-def _has_proc() -> bool:
+def has_proc() -> bool:
+    """Whether processes can be listed through /proc (Linux)."""
     return os.path.isdir("/proc/self")
 
 
-def _pids_in_session(sid: int) -> list[int]:
+def _pids() -> list[int]:
     try:
         names = os.listdir("/proc")
     except OSError:
         return []
+    return [int(name) for name in names if name.isdigit()]
+
+
+def children_by_scan(parent: int) -> list[int]:
+    """The children of `parent`, by reading every /proc/PID/stat (when the kernel does not
+    list children in /proc/PID/task/TID/children)."""
+    members = (read_member(pid) for pid in _pids())
+    return [member.pid for member in members if member is not None and member.ppid == parent]
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None else None
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat after the command name: state, ppid, pgrp, session ... (or None)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            data = file.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
+    return data.rpartition(b")")[2].split()
+
+
+def session_pids(sid: int) -> list[int]:
+    """The pids of session `sid` (zombies included): one `getsid` per pid in /proc."""
     pids: list[int] = []
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
+    for pid in _pids():
         try:
             if os.getsid(pid) == sid:
                 pids.append(pid)
@@ -88,23 +126,20 @@ def _pids_in_session(sid: int) -> list[int]:
 
 def count_session(sid: int) -> int:
     """How many processes (zombies included, as RLIMIT_NPROC counts them) the session holds."""
-    return len(_pids_in_session(sid))
+    return len(session_pids(sid))
 
 
-def _read_member(pid: int) -> Member | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as file:
-            data = file.read()
-    except OSError:
+def read_member(pid: int) -> Member | None:
+    """The process `pid` as /proc shows it now, or None when it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None:
         return None
-    # "pid (comm) state ppid pgrp session ...": comm may hold spaces and parentheses.
-    fields = data.rpartition(b")")[2].split()
     return Member(pid=pid, ppid=int(fields[1]), zombie=fields[0] in (b"Z", b"X"))
 
 
 def session_members(sid: int) -> list[Member]:
     """Every process whose session id is `sid`, zombies included."""
-    members = (_read_member(pid) for pid in _pids_in_session(sid))
+    members = (read_member(pid) for pid in session_pids(sid))
     return [member for member in members if member is not None]
 
 
@@ -123,7 +158,7 @@ class _Scan:
 
 
 def _scan(sid: int, leader: int) -> _Scan:
-    if not _has_proc():
+    if not has_proc():
         try:
             os.killpg(sid, 0)
         except (ProcessLookupError, PermissionError):
