@@ -25,6 +25,8 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     text: str = "Hello from the server"
+    usage: bool = True
+    """Whether the answer reports token usage (some OpenAI-compatible servers do not)."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,9 @@ class FakeOpenAI:
                 if reply.status != 200:
                     self._error(reply)
                 elif seen.stream:
-                    self._stream(reply.text)
+                    self._stream(reply.text, usage=reply.usage)
                 else:
-                    self._complete(body, reply.text)
+                    self._complete(body, reply.text, usage=reply.usage)
 
             def _send(self, status: int, headers: dict[str, str], payload: bytes) -> None:
                 self.send_response(status)
@@ -110,17 +112,17 @@ class FakeOpenAI:
                     reply.status, {"Content-Type": "application/json", **reply.headers}, payload
                 )
 
-            def _stream(self, text: str) -> None:
+            def _stream(self, text: str, *, usage: bool) -> None:
                 words = text.split(" ")
                 deltas = [{"role": "assistant", "content": words[0]}]
                 deltas += [{"content": " " + word} for word in words[1:]]
                 chunks = [_chunk(delta, None) for delta in deltas] + [_chunk({}, "stop")]
-                chunks.append({**_chunk({}, None), "choices": [], "usage": _USAGE})
+                chunks += [{**_chunk({}, None), "choices": [], "usage": _USAGE}] if usage else []
                 payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
                 payload += "data: [DONE]\n\n"
                 self._send(200, {"Content-Type": "text/event-stream"}, payload.encode())
 
-            def _complete(self, request: dict[str, Any], text: str) -> None:
+            def _complete(self, request: dict[str, Any], text: str, *, usage: bool) -> None:
                 tools = [t["function"]["name"] for t in request.get("tools", [])]
                 message: dict[str, Any] = {"role": "assistant", "content": text}
                 finish = "stop"
@@ -138,7 +140,7 @@ class FakeOpenAI:
                     "created": 1,
                     "model": request.get("model", "m"),
                     "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                    "usage": _USAGE,
+                    **({"usage": _USAGE} if usage else {}),
                 }
                 payload = json.dumps(completion).encode()
                 self._send(200, {"Content-Type": "application/json"}, payload)

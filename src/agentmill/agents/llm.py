@@ -7,10 +7,19 @@ which validates the output and asks the model again when it does not fit.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from agentmill.agents.base import Agent, StepContext, StepRequest, StepResult, Usage
+from agentmill.agents.base import (
+    Agent,
+    StepContext,
+    StepRequest,
+    StepResult,
+    Usage,
+    estimate_input_tokens,
+    estimate_tokens,
+)
 from agentmill.agents.errors import map_provider_errors
 from agentmill.agents.pricing import cost_usd
 from agentmill.spec.models import ModelPrice
@@ -74,6 +83,7 @@ class LLMAgent(Agent):
         )
 
         message = ModelRequest.user_text_prompt(prompt, instructions=self.instructions or None)
+        chunks = 0
         async with model_request_stream(
             self._model, [message], model_settings=self._settings
         ) as stream:
@@ -85,11 +95,15 @@ class LLMAgent(Agent):
                 else:
                     continue
                 if text:
+                    chunks += 1
                     await context.emit_text(text)
             response = stream.get()
-        return StepResult(
-            output=response.text or "", model=self.label, usage=_request_usage(response.usage)
-        )
+        output = response.text or ""
+        usage = _usage(response.usage, requests=1)
+        if usage.estimated:
+            usage = _estimate(usage, sent=[self.instructions, prompt], received=output)
+            usage.output_tokens = max(usage.output_tokens, chunks)
+        return StepResult(output=output, model=self.label, usage=usage)
 
     async def _run_structured(self, prompt: str) -> StepResult:
         from pydantic_ai import Agent as PydanticAgent
@@ -103,7 +117,11 @@ class LLMAgent(Agent):
             model_settings=self._settings,
         )
         result = await agent.run(prompt)
-        return StepResult(output=result.output, model=self.label, usage=_run_usage(result.usage))
+        usage = _usage(result.usage, requests=result.usage.requests)
+        if usage.estimated:
+            sent = [self.instructions, prompt, json.dumps(self._output_schema)]
+            usage = _estimate(usage, sent=sent, received=json.dumps(result.output))
+        return StepResult(output=result.output, model=self.label, usage=usage)
 
 
 def _model_settings(max_tokens: int | None, temperature: float | None) -> ModelSettings:
@@ -115,19 +133,27 @@ def _model_settings(max_tokens: int | None, temperature: float | None) -> ModelS
     return settings
 
 
-def _request_usage(usage: RequestUsage) -> Usage:
+def _usage(usage: RequestUsage | RunUsage, *, requests: int) -> Usage:
+    """What the provider reported; `estimated` when it omitted usage (some OpenAI-compatible
+    servers do not send a usage chunk while streaming), so the counts are not to be trusted."""
+    unreported = bool(usage.unmeasured_requests) or (
+        usage.input_tokens == 0 and usage.output_tokens == 0
+    )
     return Usage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens,
-        requests=1,
+        requests=requests,
+        estimated=unreported,
     )
 
 
-def _run_usage(usage: RunUsage) -> Usage:
-    return Usage(
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        requests=usage.requests,
+def _estimate(reported: Usage, *, sent: list[str], received: str) -> Usage:
+    """`reported` raised to an estimate of what the requests read and wrote: each of them
+    read `sent`; together they wrote `received`. Never below what was reported."""
+    tokens_in = estimate_input_tokens(*sent) * max(reported.requests, 1)
+    return replace(
+        reported,
+        input_tokens=max(reported.input_tokens, tokens_in),
+        output_tokens=max(reported.output_tokens, estimate_tokens(received)),
     )

@@ -124,6 +124,7 @@ def cost_from_json(body: dict[str, Any]) -> CostSummary:
         usd=float(body["usd"]),
         calls=int(body["calls"]),
         unpriced_calls=int(body["unpriced_calls"]),
+        estimated_calls=int(body.get("estimated_calls", 0)),
         group=body.get("group"),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +18,7 @@ __all__ = [
     "run_to_json",
     "status_label",
     "step_to_json",
+    "token_count",
 ]
 
 
@@ -117,10 +119,24 @@ _IN_FLIGHT = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
 
 def _usage(run: RunRecord, cost: CostSummary | None) -> str:
     usage = run.usage or {}
-    tokens = f"{usage.get('input_tokens', 0)} in / {usage.get('output_tokens', 0)} out tokens"
+    tokens_in, tokens_out = token_count(usage, "input_tokens"), token_count(usage, "output_tokens")
+    tokens = f"{tokens_in} in / {tokens_out} out tokens"
+    if _estimated(usage):
+        tokens += " (estimated: a provider reported no usage)"
     if cost is not None and cost.calls:
         tokens += f", {cost.describe()}"
     return tokens
+
+
+def token_count(usage: Mapping[str, Any], *keys: str) -> str:
+    """The sum of `keys` of a usage record, `~12` when it is an estimate (the provider
+    reported no usage)."""
+    total = sum(int(usage.get(key) or 0) for key in keys)
+    return f"~{total}" if _estimated(usage) else str(total)
+
+
+def _estimated(usage: Mapping[str, Any]) -> bool:
+    return usage.get("estimated") is True
 
 
 def _json(value: Any) -> str:

@@ -65,7 +65,7 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
     from rich.markup import escape
     from rich.table import Table
 
-    from agentmill.cli.report import status_label
+    from agentmill.cli.report import status_label, token_count
 
     wanted = _parse_status(status) if status else None
     async with _client() as client:
@@ -76,9 +76,8 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
         return EXIT_OK
     table = Table("id", "workflow", "status", "created", "tokens", box=None)
     for run, label in zip(runs, labels, strict=True):
-        usage = run.usage or {}
-        tokens = usage.get("input_tokens", 0) + usage.get("output_tokens", 0)
-        table.add_row(run.id, escape(run.workflow), label, _when(run.created_at), str(tokens))
+        tokens = token_count(run.usage or {}, "input_tokens", "output_tokens")
+        table.add_row(run.id, escape(run.workflow), label, _when(run.created_at), tokens)
     if runs:
         out().print(table)
     else:
@@ -90,7 +89,7 @@ async def _show(run_id: str, as_json: bool) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from agentmill.cli.report import print_outputs, run_to_json, status_label
+    from agentmill.cli.report import print_outputs, run_to_json, status_label, token_count
     from agentmill.store import run_cost
 
     async with _client() as client:
@@ -115,7 +114,7 @@ async def _show(run_id: str, as_json: bool) -> int:
             str(step.status),
             str(step.attempt),
             escape(_model_column(step)),
-            f"{usage.get('input_tokens', 0)}/{usage.get('output_tokens', 0)}",
+            f"{token_count(usage, 'input_tokens')}/{token_count(usage, 'output_tokens')}",
             _cost_column(step),
             elapsed,
         )

@@ -20,14 +20,20 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from agentmill.agents.base import Agent, StepContext, StepRequest, StepResult, Usage
+from agentmill.agents.base import (
+    Agent,
+    StepContext,
+    StepRequest,
+    StepResult,
+    Usage,
+    estimate_input_tokens,
+)
 from agentmill.agents.pricing import cost_usd
 from agentmill.errors import UserError
 from agentmill.spec.models import AgentSpec, BudgetSpec, PeriodBudgets
@@ -55,21 +61,7 @@ DEFAULT_MAX_TOKENS = 4096
 """The output cap of an agent without `max_tokens` when a budget may apply, so that its
 worst case is bounded."""
 
-REQUEST_OVERHEAD_TOKENS = 32
-"""Tokens a request costs beyond its text (roles, message framing)."""
-
 _MAX_HOLD_ID = 400
-
-
-def estimate_input_tokens(*texts: str) -> int:
-    """A conservative count of the tokens in `texts`: one per 3 ASCII characters (English
-    averages about 4, code about 3.5), two per other character (CJK, emoji), plus the
-    request overhead."""
-    total = REQUEST_OVERHEAD_TOKENS
-    for text in texts:
-        ascii_chars = len(text) if text.isascii() else sum(c < "\x80" for c in text)
-        total += math.ceil(ascii_chars / 3) + 2 * (len(text) - ascii_chars)
-    return total
 
 
 def max_tokens_under_budget(spec: AgentSpec, *, plan: RunPlan, scope: RunScope) -> int | None:

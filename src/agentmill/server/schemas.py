@@ -52,7 +52,8 @@ WorkflowName = Annotated[
     str, Path(max_length=200, pattern=NAME_PATTERN, description="A workflow of the config")
 ]
 
-Usage = Mapping[str, int | float]
+Usage = Mapping[str, int | float | bool]
+"""Token counts; `estimated: true` when the provider reported none (see docs/budgets.md)."""
 
 
 class _Out(BaseModel):
@@ -151,6 +152,10 @@ class CostOut(_Out):
     usd: float = Field(description="Sum of the calls whose price is known, in US dollars")
     calls: int = Field(description="Model calls made (cache hits included, at no cost)")
     unpriced_calls: int = Field(description="Calls of models whose price is unknown")
+    estimated_calls: int = Field(
+        default=0,
+        description="Calls priced from estimated token usage (their provider reported none)",
+    )
     complete: bool = Field(description="Whether `usd` covers every call")
     group: str | None = Field(default=None, description="The workflow or tenant of a total")
 

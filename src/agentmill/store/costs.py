@@ -1,7 +1,9 @@
 """What runs cost: per run from its steps, and totals per workflow or tenant.
 
 A call's cost is recorded on its step (`am_steps.cost_usd`); None means the model's price
-is unknown, which is reported as such and never counted as zero. A checkpoint copied from
+is unknown, which is reported as such and never counted as zero. A call whose provider
+reported no token usage was priced from an estimate (`usage.estimated`): totals including
+one are shown as approximate (`~$0.0123`). A checkpoint copied from
 an earlier run (a retry from a step) finished before its run was created: it was paid for
 by that earlier run and is not counted again.
 """
@@ -30,6 +32,8 @@ class CostSummary:
     usd: float = 0.0
     calls: int = 0
     unpriced_calls: int = 0
+    estimated_calls: int = 0
+    """Calls priced from estimated usage (their provider reported none)."""
     group: str | None = None
     """The workflow or tenant a total belongs to."""
 
@@ -39,10 +43,11 @@ class CostSummary:
         return self.unpriced_calls == 0
 
     def describe(self) -> str:
-        """`$0.0123`, or `$0.0123 + 2 calls of unknown price`, or `unknown`."""
+        """`$0.0123`, or `$0.0123 + 2 calls of unknown price`, or `unknown`; `~$0.0123`
+        when some calls were priced from estimated usage."""
         if self.calls and self.unpriced_calls == self.calls:
             return "unknown"
-        text = f"${self.usd:.4f}"
+        text = f"{'~' if self.estimated_calls else ''}${self.usd:.4f}"
         if self.unpriced_calls:
             plural = "s" if self.unpriced_calls != 1 else ""
             text += f" + {self.unpriced_calls} call{plural} of unknown price"
@@ -53,6 +58,7 @@ class CostSummary:
             "usd": round(self.usd, 8),
             "calls": self.calls,
             "unpriced_calls": self.unpriced_calls,
+            "estimated_calls": self.estimated_calls,
             "complete": self.complete,
         }
         if self.group is not None:
@@ -62,7 +68,7 @@ class CostSummary:
 
 def run_cost(run: RunRecord, records: Iterable[StepRecord]) -> CostSummary:
     """The cost of the calls `run` itself made."""
-    usd, calls, unpriced = 0.0, 0, 0
+    usd, calls, unpriced, estimated = 0.0, 0, 0, 0
     for step in records:
         if not _charged_to(run, step):
             continue
@@ -71,7 +77,8 @@ def run_cost(run: RunRecord, records: Iterable[StepRecord]) -> CostSummary:
             unpriced += 1
         else:
             usd += step.cost_usd
-    return CostSummary(usd=usd, calls=calls, unpriced_calls=unpriced)
+            estimated += bool((step.usage or {}).get("estimated"))
+    return CostSummary(usd=usd, calls=calls, unpriced_calls=unpriced, estimated_calls=estimated)
 
 
 def _charged_to(run: RunRecord, step: StepRecord) -> bool:
@@ -97,6 +104,12 @@ _USD = sa.func.coalesce(sa.func.sum(steps.c.cost_usd), 0.0).label("usd")
 _UNPRICED = sa.func.coalesce(
     sa.func.sum(sa.case((steps.c.cost_usd.is_(None), 1), else_=0)), 0
 ).label("unpriced")
+_ESTIMATED_USAGE = sa.cast(steps.c.usage, sa.Text).like('%"estimated": true%')
+"""Usage JSON as `Usage.to_json` writes it (json.dumps), flagged as an estimate."""
+_ESTIMATED = sa.func.coalesce(
+    sa.func.sum(sa.case((sa.and_(steps.c.cost_usd.is_not(None), _ESTIMATED_USAGE), 1), else_=0)),
+    0,
+).label("estimated")
 
 
 async def spend_by_workflow(engine: AsyncEngine) -> list[tuple[str, str, float, int]]:
@@ -124,7 +137,9 @@ async def cost_totals(
     column = runs.c.workflow if group_by == "workflow" else runs.c.tenant
     query = (
         _charged_calls()
-        .add_columns(column.label("group"), _USD, sa.func.count().label("calls"), _UNPRICED)
+        .add_columns(
+            column.label("group"), _USD, sa.func.count().label("calls"), _UNPRICED, _ESTIMATED
+        )
         .group_by(column)
     )
     if tenant is not None:
@@ -141,6 +156,7 @@ async def cost_totals(
             usd=float(row.usd),
             calls=int(row.calls),
             unpriced_calls=int(row.unpriced or 0),
+            estimated_calls=int(row.estimated or 0),
         )
         for row in rows
     ]
