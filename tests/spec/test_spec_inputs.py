@@ -181,3 +181,33 @@ def test_values_that_cannot_be_stored_are_input_errors(
     with pytest.raises(InputError) as info:
         coerce_inputs(workflow, {"x": value})
     assert message in str(info.value)
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "[" * 10_000 + "]" * 10_000,  # deeper than the JSON decoder recurses
+        "[" * 101 + "]" * 101,
+        {"k": _nested(100)},  # a typed value (an API body): 101 levels with the object
+        _nested(5000),
+    ],
+    ids=["cli-10000", "cli-101", "typed-object-101", "typed-5000"],
+)
+def test_lists_and_objects_nest_at_most_100_levels(raw: Any) -> None:
+    kinds = workflow(v={"type": "object" if isinstance(raw, dict) else "list"})
+    with pytest.raises(InputError) as info:
+        coerce_inputs(kinds, {"v": raw})
+    assert "input 'v' is nested more than 100 levels deep" in str(info.value)
+
+
+def test_a_list_nested_100_levels_is_accepted() -> None:
+    kinds = workflow(v={"type": "list"})
+    assert coerce_inputs(kinds, {"v": "[" * 100 + "]" * 100}) == {"v": _nested(100)}
+    assert coerce_inputs(kinds, {"v": _nested(100)}) == {"v": _nested(100)}

@@ -3,6 +3,8 @@
 A string is parsed into the declared type (`--input n=3` gives the integer 3, `--input
 tags='["a"]'` a list). A value that arrives already typed (a JSON body) is checked but not
 converted: the number 3 for a string input, or true for an integer input, is reported.
+Lists and objects nest at most `MAX_INPUT_DEPTH` levels: deeper values are refused here,
+before anything stores, renders or serializes them recursively.
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import json
 import math
 import re
 import reprlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from agentmill.errors import InputError
 from agentmill.spec.models import InputSpec, InputType, WorkflowSpec
 
-__all__ = ["coerce_inputs", "type_problem"]
+__all__ = ["MAX_INPUT_DEPTH", "coerce_inputs", "type_problem"]
+
+MAX_INPUT_DEPTH = 100
+"""Levels of lists and objects an input may nest (`[[1]]` is 2)."""
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _TRUE = frozenset({"true", "yes", "1"})
@@ -97,10 +102,31 @@ def _coerce(spec: InputSpec, value: Any) -> Any:
 
 def _check_json(value: Any) -> None:
     """Lists and objects are stored as JSON: NaN and Infinity are not JSON."""
+    if _nests_deeper(value, MAX_INPUT_DEPTH):
+        raise ValueError(_TOO_DEEP)
     try:
         json.dumps(value, allow_nan=False)
     except ValueError:
         raise ValueError("must be plain JSON: NaN and Infinity are not allowed") from None
+
+
+_TOO_DEEP = (
+    f"is nested more than {MAX_INPUT_DEPTH} levels deep; "
+    f"lists and objects may nest at most {MAX_INPUT_DEPTH} levels"
+)
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether lists and dicts in `value` nest more than `limit` levels (walked, not recursed)."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, list | dict):
+            if depth > limit:
+                return True
+            children: Iterable[Any] = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _parse_integer(text: str) -> int:
@@ -134,6 +160,8 @@ def _parser_of_json(kind: InputType, expected: type) -> Callable[[str], Any]:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = None
+        except RecursionError:  # the decoder recurses per level
+            raise ValueError(_TOO_DEEP) from None
         if not isinstance(value, expected):
             raise ValueError(
                 f"must be {_NAMES[kind]} in JSON, e.g. {_EXAMPLES[kind]}, got {text!r}"
