@@ -7,7 +7,9 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmill import __version__
@@ -73,14 +75,18 @@ def create_app(
             app.state.services.shutting_down.set()
             await engine.stop(grace=settings.shutdown_grace)
 
-    app = FastAPI(
+    # Swagger UI and ReDoc with their assets served from the fastapi-offline package (under
+    # /docs/assets), not from a CDN: the docs work on a machine with no internet.
+    app = FastAPIOffline(
         title="agentmill",
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
         docs_url="/docs",
-        redoc_url=None,
+        redoc_url="/redoc",
+        static_url="/docs/assets",
     )
+    app.add_api_route("/", _to_the_docs, include_in_schema=False)
     install_problem_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -92,6 +98,11 @@ def create_app(
     for module in (workflows, runs, events, approvals, costs, webhooks, keys):
         app.include_router(module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
     return app
+
+
+async def _to_the_docs(request: Request) -> RedirectResponse:
+    """The root shows the API docs (until the dashboard takes it over)."""
+    return RedirectResponse(request.scope.get("root_path", "") + "/docs")
 
 
 class RequestMetrics:
