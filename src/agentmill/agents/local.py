@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import codecs
+import contextlib
 import functools
 import importlib.util
 import os
@@ -37,6 +38,7 @@ from pydantic_ai.profiles import ModelProfile, ModelProfileSpec
 from pydantic_ai.settings import ModelSettingName, ModelSettings
 from pydantic_ai.usage import RequestUsage
 
+from agentmill.agents.clock import current_clock
 from agentmill.errors import InputError, MissingDependencyError, ProviderError
 
 if TYPE_CHECKING:
@@ -263,15 +265,23 @@ class _Outcome:
 
 
 class _TokenStream:
-    """One generation running on its engine's thread, read on the event loop as text pieces."""
+    """One generation running on its engine's thread, read on the event loop as text pieces.
+
+    Queued behind other generations, it stops the step's clock (`agents/clock.py`) until
+    its turn comes and the model is loaded: only its own generation counts against the
+    step's timeout."""
 
     def __init__(self, engine: _Engine, generation: _Generation) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._stop = threading.Event()
-        self._future = self._loop.run_in_executor(engine.executor, self._work, engine, generation)
-        # Retrieve a late error so asyncio does not log it when no reader is left to see it.
-        self._future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._engine = engine
+        self._clock = current_clock()
+        if self._clock is not None:
+            self._clock.pause("the local model" if engine.users else None)
+        engine.users += 1
+        self._future = self._loop.run_in_executor(engine.executor, self._work, generation)
+        self._future.add_done_callback(self._done)
 
     async def pieces(self) -> AsyncIterator[str | _Outcome]:
         """Text as it is generated, then the outcome; leaving early stops the generation."""
@@ -290,10 +300,27 @@ class _TokenStream:
         """Stop after the token being generated, or before starting if still queued."""
         self._stop.set()
         self._future.cancel()
+        self._started()
 
-    def _work(self, engine: _Engine, generation: _Generation) -> _Outcome:
+    def _done(self, done: asyncio.Future[_Outcome]) -> None:
+        self._engine.users -= 1
+        self._started()
+        # Retrieve a late error so asyncio does not log it when no reader is left to see it.
+        _ = done.cancelled() or done.exception()
+
+    def _started(self) -> None:
+        """The model is ours (or the stream is over): the step's clock runs again."""
+        clock, self._clock = self._clock, None
+        if clock is not None:
+            clock.resume()
+
+    def _work(self, generation: _Generation) -> _Outcome:
+        def started() -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop is closed
+                self._loop.call_soon_threadsafe(self._started)
+
         try:
-            return engine.generate(generation, self._put, self._stop)
+            return self._engine.generate(generation, self._put, self._stop, started=started)
         finally:
             self._put(None)
 
@@ -313,14 +340,23 @@ class _Engine:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmill-llama")
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
+        self.users = 0
+        """Generations queued or running (counted on the event loop's thread)."""
 
     def generate(
-        self, generation: _Generation, emit: Callable[[str], None], stop: threading.Event
+        self,
+        generation: _Generation,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+        *,
+        started: Callable[[], None],
     ) -> _Outcome:
-        """Load the model if needed, then generate (blocking, on the engine thread)."""
+        """Load the model if needed, say so (`started`), then generate (blocking, on the
+        engine thread)."""
         with self._lock:
             if self._loaded is None:
                 self._loaded = _load(self.path, self.n_ctx)
+            started()
             return _generate(self._loaded, generation, emit, stop)
 
 

@@ -180,6 +180,10 @@ class ProgressView:
         view.status = "skipped"
         self._line(f"[dim]⤼ {escape(view.key)} skipped (when: false)[/]")
 
+    def _waiting(self, view: _StepView, event: EventRecord) -> None:
+        what = escape(str(event.data.get("waiting_for", "its turn")))
+        self._line(f"[dim]  {escape(view.key)} waits for {what} (other steps are using it)[/]")
+
     def _blocked(self, view: _StepView, event: EventRecord) -> None:
         view.status = "blocked"
         self._line(f"[red]⊘ {escape(view.key)} not run: needs failed steps[/]")
@@ -248,6 +252,7 @@ _HANDLERS = {
     "step_finished": ProgressView._finished,
     "step_failed": ProgressView._failed,
     "step_retrying": ProgressView._retrying,
+    "step_waiting": ProgressView._waiting,
     "step_skipped": ProgressView._skipped,
     "step_tool": ProgressView._tool,
     "step_session": ProgressView._session,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from agentmill.agents.base import Agent, StepRequest, StepResult
+from agentmill.agents.clock import StepClock, timing
 from agentmill.engine.events import RunEmitter
 from agentmill.errors import (
     PolicyRefusal,
@@ -188,13 +189,19 @@ async def _attempt(
     else:
         emitter.emit("step_started", step=request.key, attempt=attempt)
     deadline = asyncio.timeout(call.timeout)
+    clock = StepClock(
+        deadline,
+        on_wait=lambda what: emitter.emit(
+            "step_waiting", step=request.key, attempt=attempt, waiting_for=what
+        ),
+    )
     context = _Context(
         emitter, store, request, attempt=attempt, started=started, saved=saved, deadline=deadline
     )
     attempt_request = replace(request, attempt=attempt)
     try:
         async with deadline:
-            with noting(note):
+            with noting(note), timing(clock):
                 result = await call.agent.run(attempt_request, context)
     except TimeoutError as exc:
         noted.update(context.noted)
