@@ -18,14 +18,23 @@ from agentmill.cli.live import ProgressView
 from agentmill.cli.report import print_outputs, run_to_json
 from agentmill.engine.project import load_checked
 from agentmill.errors import InputError
+from agentmill.policy.guard import DEFAULT_MAX_PROMPT_CHARS
 from agentmill.settings import Settings
+from agentmill.spec.files import FileTooLarge, read_text_at_most
 from agentmill.spec.models import MAX_BUDGET_TOKENS, BudgetSpec
 from agentmill.store import RunRecord, RunStatus, run_cost
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["follow_run", "parse_inputs", "run_budget", "run_workflow", "validate_file"]
+__all__ = [
+    "follow_run",
+    "input_file_limit",
+    "parse_inputs",
+    "run_budget",
+    "run_workflow",
+    "validate_file",
+]
 
 
 def validate_file(path: Path) -> int:
@@ -38,23 +47,38 @@ def validate_file(path: Path) -> int:
     return EXIT_OK
 
 
-def parse_inputs(pairs: Iterable[str]) -> dict[str, str]:
-    """`name=value` and `name=@file` pairs from the command line."""
+def parse_inputs(
+    pairs: Iterable[str], *, max_chars: int = DEFAULT_MAX_PROMPT_CHARS
+) -> dict[str, str]:
+    """`name=value` and `name=@file` pairs from the command line.
+
+    A file is read up to `max_chars` characters (the prompt limit: a prompt that includes
+    the input could not be longer), so `@/dev/zero` or a FIFO cannot grow without bound.
+    """
     raw: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name:
             raise InputError(f"--input {pair!r} is not name=value (or name=@file)")
-        raw[name.strip()] = _read_value(name, value)
+        raw[name.strip()] = _read_value(name, value, max_chars)
     return raw
 
 
-def _read_value(name: str, value: str) -> str:
+def input_file_limit(source: RunSource, workflow: str) -> int:
+    """The most characters an input file may hold: the workflow's prompt limit."""
+    spec = source.project.workflows.get(workflow) if source.project is not None else None
+    limit = spec.guard.max_prompt_chars if spec is not None else None
+    return limit or DEFAULT_MAX_PROMPT_CHARS
+
+
+def _read_value(name: str, value: str, max_chars: int) -> str:
     if not value.startswith("@"):
         return value
     path = Path(value[1:]).expanduser()
     try:
-        return path.read_text(encoding="utf-8")
+        return read_text_at_most(path, max_chars)
+    except FileTooLarge as exc:
+        raise InputError(_too_large(f"--input {name}=@{path}", exc.size, max_chars)) from None
     except UnicodeDecodeError:
         raise InputError(
             f"--input {name}=@{path}: the file is not UTF-8 text; inputs are text, "
@@ -65,6 +89,19 @@ def _read_value(name: str, value: str) -> str:
             f"--input {name}=@{path}: cannot read the file ({exc.strerror}); "
             "check the path, or pass the value directly as name=value"
         ) from None
+
+
+def _too_large(what: str, size: int | None, limit: int) -> str:
+    if size is not None:
+        found = f"the file is {size:,} bytes, more than the {limit:,} characters"
+    else:
+        found = f"the file has more than {limit:,} characters, the most"
+    return (
+        f"{what}: {found} an input file may hold (the prompt limit, guard.max_prompt_chars, "
+        f"default {DEFAULT_MAX_PROMPT_CHARS:,}: an input cannot be longer than the prompt "
+        "that includes it); pass a smaller file, or raise `guard: {max_prompt_chars: N}` "
+        "on the workflow"
+    )
 
 
 def run_workflow(
@@ -84,7 +121,7 @@ def run_workflow(
     """
     settings = Settings()
     source = read_source(settings, path, workflow)
-    raw = parse_inputs(pairs)
+    raw = parse_inputs(pairs, max_chars=input_file_limit(source, workflow))
     budget = run_budget(budget_usd, budget_tokens)
     return _start(settings, source, workflow, raw, as_json=as_json, budget=budget)
 
