@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 
+import pytest
 from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from rich.console import Console
@@ -170,3 +171,15 @@ def test_steps_under_way_when_the_run_ends_stop_with_it() -> None:
     assert re.search(r"a +succeeded", final)
     assert re.search(r"b +cancelled", final)
     assert re.search(r"c +pending", final)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_commands_in_progress_lines_are_not_wrapped_on_a_narrow_screen(terminal: bool) -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=terminal, color_system=None, width=40)
+    with ProgressView(console, step_ids=["sign-off"]) as view:
+        view.handle(_event(1, "step_started", "sign-off", gate=True))
+        expires = time.time() + 3600
+        view.handle(_event(2, "approval_requested", "sign-off", prompt="Ship?", expires_at=expires))
+    lines = [line.strip() for line in _CONTROL.sub("\n", screen.getvalue()).splitlines()]
+    assert any(line.startswith("agentmill approve r sign-off [--reject]") for line in lines)

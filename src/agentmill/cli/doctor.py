@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from agentmill.cli.exits import EXIT_FAILED, EXIT_OK, out
 from agentmill.errors import AgentmillError
@@ -31,40 +31,53 @@ _KEYS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GOOGLE_API_KEY", "GROQ_API_KEY"
 
 async def run_doctor(config: Path | None = None) -> int:
     settings = Settings()
-    table = Table("check", "status", "detail", box=None)
+    table = Table(
+        Column("check", no_wrap=True), "status", Column("detail", overflow="fold"), box=None
+    )
+    fixes: list[str] = []
     database_ok = await _check_database(settings, table)
     for label, module, extra in _EXTRAS:
         found = _installed(module)
-        hint = "" if found else f"pip install 'agentmill[{extra}]'"
-        table.add_row(label, _mark(found), hint)
+        table.add_row(label, _mark(found), "" if found else _FIX_BELOW)
+        if not found:
+            fixes.append(f"pip install 'agentmill[{extra}]'  # {label}")
     for var in _KEYS:
         present = credential_present(var)
         table.add_row(var, _mark(present, missing="not set"), "set" if present else "")
     _check_local_model(table)
     out().print(table)
-    out().print(await _tools_table(_project_presets(config)))
+    out().print(await _tools_table(_project_presets(config), fixes))
+    if fixes:
+        # Whole lines, never in a table cell: a command cut in two cannot be copied.
+        out().print("to fix:")
+        for command in fixes:
+            out().print(f"  {escape(command)}")
     return EXIT_OK if database_ok else EXIT_FAILED
 
 
-async def _tools_table(presets: Mapping[str, PresetSpec]) -> Table:
+_FIX_BELOW = "fix below"
+
+
+async def _tools_table(presets: Mapping[str, PresetSpec], fixes: list[str]) -> Table:
+    """The command-line presets' programs; the install commands of missing ones go to `fixes`."""
     from agentmill.agents.cli.tools import tool_statuses
 
-    table = Table("command-line preset", "program", "status", "version or fix", box=None)
+    table = Table(Column("preset", no_wrap=True), "program", "status", "version", box=None)
     for tool in await tool_statuses(presets):
         if tool.program is None:
             table.add_row(tool.preset, "-", "[green]ok[/]", "runs the agent's own `command`")
         elif tool.path is None:
-            table.add_row(tool.preset, tool.program, _mark(False), escape(tool.install))
+            table.add_row(tool.preset, escape(tool.program), _mark(False), _FIX_BELOW)
+            fixes.append(f"{tool.install}  # {tool.preset}")
         else:
             table.add_row(tool.preset, escape(tool.path), _mark(True), escape(tool.version or ""))
     for program, package in (("git", "git"), ("prlimit", "util-linux")):
         found = shutil.which(program)
         table.add_row(
-            program,
-            escape(found or program),
-            _mark(bool(found)),
-            "" if found else f"install {package}",
+            program, escape(found or program), _mark(bool(found)), "" if found else _FIX_BELOW
         )
+        if not found:
+            fixes.append(f"install the {package} package (for {program})")
     return table
 
 

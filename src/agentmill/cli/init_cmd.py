@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from importlib import resources
 from pathlib import Path
 
@@ -29,9 +30,8 @@ def init_project(directory: Path) -> int:
         target.write_text((scaffold / name).read_text(encoding="utf-8"), encoding="utf-8")
     config = directory / "agentmill.yaml"
     out().print(f"[green]created[/] {escape(str(config))} and {escape(str(targets[1]))}")
+    config_arg, diff_arg = shlex.quote(str(config)), shlex.quote(f"diff=@{targets[1]}")
     out().print("next:")
-    out().print(f"  agentmill validate {escape(str(config))}")
-    out().print(
-        f"  agentmill run {escape(str(config))} review --input diff=@{escape(str(targets[1]))}"
-    )
+    out().print(f"  agentmill validate {escape(config_arg)}")
+    out().print(f"  agentmill run {escape(config_arg)} review --input {escape(diff_arg)}")
     return EXIT_OK

@@ -201,10 +201,14 @@ class ProgressView:
                 view.status, view.finished = outcome, event.ts
 
     def _line(self, markup: str) -> None:
-        if self._live is not None:
-            self._live.console.print(markup)
-        else:
-            self._console.print(markup)
+        """One progress line above the table, never broken by Rich: the commands in it
+        (`agentmill approve ...`) stay whole when copied."""
+        line = Text.from_markup(markup, overflow="ignore")
+        line.no_wrap = True
+        console = self._live.console if self._live is not None else self._console
+        # In a Group, the line keeps its own no_wrap (print would join it into a new Text);
+        # print's soft_wrap would instead apply to the live table drawn with it.
+        console.print(Group(line), crop=False)
 
     def _render(self) -> Group:
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")

@@ -108,9 +108,10 @@ def closing_line(
 
 
 def status_label(run: RunRecord, *, process_gone: bool = False) -> str:
-    """A run's status in tables; flags a run whose process is gone."""
+    """A run's status in tables; flags a run whose process is gone (the closing line says
+    what to do: a command in a table cell would be wrapped)."""
     if process_gone and run.status in _IN_FLIGHT:
-        return f"{run.status} (its process is gone: agentmill runs resume)"
+        return f"{run.status} (process gone)"
     return str(run.status)
 
 

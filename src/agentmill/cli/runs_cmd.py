@@ -70,18 +70,18 @@ async def _list(status: str | None, workflow: str | None, limit: int, as_json: b
     wanted = _parse_status(status) if status else None
     async with _client() as client:
         runs = await client.list_runs(status=wanted, workflow=workflow, limit=limit)
-        labels = [status_label(run, process_gone=client.process_gone(run)) for run in runs]
+        gone = [client.process_gone(run) for run in runs]
     if as_json:
         out().print_json(json.dumps([_run_summary(r) for r in runs]))
         return EXIT_OK
     table = Table("id", "workflow", "status", "created", "tokens", box=None)
-    for run, label in zip(runs, labels, strict=True):
+    for run, run_gone in zip(runs, gone, strict=True):
+        label = status_label(run, process_gone=run_gone)
         tokens = token_count(run.usage or {}, "input_tokens", "output_tokens")
         table.add_row(run.id, escape(run.workflow), label, _when(run.created_at), tokens)
-    if runs:
-        out().print(table)
-    else:
-        out().print("no runs yet: start one with `agentmill run FILE WORKFLOW`", soft_wrap=True)
+    out().print(table if runs else "no runs yet: start one with `agentmill run FILE WORKFLOW`")
+    if any(gone):
+        out().print("continue a run whose process is gone with: agentmill runs resume RUN_ID")
     return EXIT_OK
 
 
