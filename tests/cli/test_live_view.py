@@ -183,3 +183,25 @@ def test_commands_in_progress_lines_are_not_wrapped_on_a_narrow_screen(terminal:
         view.handle(_event(2, "approval_requested", "sign-off", prompt="Ship?", expires_at=expires))
     lines = [line.strip() for line in _CONTROL.sub("\n", screen.getvalue()).splitlines()]
     assert any(line.startswith("agentmill approve r sign-off [--reject]") for line in lines)
+
+
+def test_a_fan_out_step_sums_up_its_items_and_lists_them_under_it() -> None:
+    console = Console(force_terminal=True, color_system=None, record=True, width=100)
+    with ProgressView(console, step_ids=["each", "after"]) as view:
+        view.handle(_event(1, "step_started", "each[0]"))
+        view.handle(_event(2, "step_started", "each[1]"))
+        view.handle(_event(3, "step_finished", "each[0]", usage={"output_tokens": 2}))
+        during = console.export_text(clear=False).split("step")[-1]
+        view.handle(_event(4, "step_finished", "each[1]", usage={"output_tokens": 3}))
+        view.handle(_event(5, "step_started", "after"))
+        view.handle(_event(6, "step_finished", "after", usage={"output_tokens": 1}))
+    assert re.search(r"each +running", during)
+    final = console.export_text().split("step")[-1]
+    rows = [line.split()[:2] for line in final.strip().splitlines()[1:]]
+    assert rows == [
+        ["each", "succeeded"],
+        ["each[0]", "succeeded"],
+        ["each[1]", "succeeded"],
+        ["after", "succeeded"],
+    ]
+    assert re.search(r"each +succeeded +\d+\.\ds +5", final)

@@ -214,8 +214,7 @@ class ProgressView:
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for column in ("step", "status", "elapsed", "tokens"):
             table.add_column(column)
-        # A copy: the refresh thread renders while events change the steps.
-        for view in list(self._steps.values()):
+        for view in self._rows():
             style = _STATUS_STYLE.get(view.status, "")
             table.add_row(
                 escape(view.key),
@@ -229,6 +228,46 @@ class ProgressView:
             tail = "\n".join(streaming.text.splitlines()[-_TAIL_LINES:])
             parts.append(Panel(Text(tail), title=escape(streaming.key), border_style="cyan"))
         return Group(*parts)
+
+    def _rows(self) -> list[_StepView]:
+        """The steps in workflow order, each fan-out step followed by its items (`s[0]`,
+        ...); a fan-out step has no events of its own, its row sums up its items'."""
+        views = list(self._steps.values())  # a copy: the refresh thread renders meanwhile
+        items: dict[str, list[_StepView]] = {}
+        for view in views:
+            parent = _parent_key(view.key)
+            if parent in self._steps:
+                items.setdefault(parent, []).append(view)
+        rows: list[_StepView] = []
+        for view in views:
+            if _parent_key(view.key) in self._steps:
+                continue  # listed under its step
+            own = items.get(view.key, [])
+            rows.append(
+                _fan_out_summary(view.key, own) if own and view.status == "pending" else view
+            )
+            rows.extend(own)
+        return rows
+
+
+def _parent_key(key: str) -> str | None:
+    """`review` for the item key `review[3]`, None for a step's own key."""
+    stem, bracket, rest = key.rpartition("[")
+    return stem if bracket and rest.endswith("]") and rest[:-1].isdigit() else None
+
+
+def _fan_out_summary(key: str, items: list[_StepView]) -> _StepView:
+    under_way = any(item.status in _UNDER_WAY for item in items)
+    statuses = {item.status for item in items}
+    if under_way or "pending" in statuses:
+        status, finished = "running", None
+    else:
+        status = "failed" if statuses & {"failed", "blocked"} else "succeeded"
+        status = next((s for s in ("interrupted", "cancelled") if s in statuses), status)
+        finished = max((item.finished or 0.0) for item in items) or None
+    started = min((item.started for item in items if item.started is not None), default=None)
+    tokens = sum(item.tokens for item in items)
+    return _StepView(key, status=status, started=started, finished=finished, tokens=tokens)
 
 
 _STDERR_SHOWN = 20
