@@ -166,3 +166,73 @@ workflows:
     assert any(p.startswith("2: preset 'mytool'") and "nonsense" in p for p in found), found
     assert any(p.startswith("2: preset 'mytool'") and "items[oops" in p for p in found), found
     assert any("'mytool' (preset mytool) is not on PATH" in p for p in found), found
+
+
+_CODER = """\
+agents:
+  coder:
+    runtime: cli
+    preset: {preset}
+    workdir: .
+{extra}workflows:
+  w:
+    steps:
+      - {{id: a, agent: coder, prompt: hi}}
+"""
+
+
+def _no_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HOME", str(home))
+    for name in (
+        "ANTHROPIC_API_KEY",
+        "CLAUDE_CODE_OAUTH_TOKEN",
+        "ANTHROPIC_AUTH_TOKEN",
+        "OPENAI_API_KEY",
+        "CODEX_API_KEY",
+        "CODEX_HOME",
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_tool_without_credentials_is_reported_where_its_agent_is(
+    tmp_path: Path, fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_credentials(monkeypatch, tmp_path / "home")
+    (found,) = _problems(tmp_path, _CODER.format(preset="codex", extra=""))
+    assert found.startswith("2: agent 'coder': codex cannot authenticate here"), found
+    assert "OPENAI_API_KEY" in found
+    assert "~/.codex/auth.json" in found
+    assert "codex login" in found  # how to fix it
+
+    # A key set in the worker but not granted to the agent is named as such, never shown.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-granted-0123456789")
+    extra = "    env: [PATH, HOME]\n"
+    (found,) = _problems(tmp_path, _CODER.format(preset="codex", extra=extra))
+    assert found.startswith("6: agent 'coder': codex cannot authenticate here"), found
+    assert "OPENAI_API_KEY is set but not in the agent's `env`" in found
+    assert "sk-test" not in found
+
+
+def test_a_tool_with_a_key_or_a_login_file_passes(
+    tmp_path: Path, fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    _no_credentials(monkeypatch, home)
+    (home / ".claude").mkdir()
+    (home / ".claude" / ".credentials.json").write_text("{}")
+    monkeypatch.setenv("GEMINI_API_KEY", "test-gemini-key-0123456789")
+    (tmp_path / "agentmill.yaml").write_text("""\
+agents:
+  c1: {runtime: cli, preset: claude, workdir: .}
+  c2: {runtime: cli, preset: gemini, workdir: .}
+workflows:
+  w:
+    steps:
+      - {id: a, agent: c1, prompt: hi}
+      - {id: b, agent: c2, prompt: hi}
+""")
+    load_checked(tmp_path / "agentmill.yaml")

@@ -20,12 +20,12 @@ agents:
   quick:
     runtime: cli
     preset: claude
-    env: [PATH, FAKE_CLI_LOG, FAKE_CLI_WRITE]
+    env: [PATH, CLAUDE_CODE_OAUTH_TOKEN, FAKE_CLI_LOG, FAKE_CLI_WRITE]
     repo: repo
   slow:
     runtime: cli
     preset: claude
-    env: [PATH, FAKE_CLI_LOG, FAKE_CLI_WRITE, FAKE_CLI_HANG_AFTER_INIT]
+    env: [PATH, CLAUDE_CODE_OAUTH_TOKEN, FAKE_CLI_LOG, FAKE_CLI_WRITE, FAKE_CLI_HANG_AFTER_INIT]
     repo: repo
     grace: 0.5s
 workflows:
@@ -86,6 +86,7 @@ def test_kill_9_during_a_cli_step_then_resume_reuses_the_session_and_the_worktre
         FAKE_CLI_LOG=str(log),
         FAKE_CLI_WRITE="notes.txt",
         FAKE_CLI_HANG_AFTER_INIT="1",
+        CLAUDE_CODE_OAUTH_TOKEN="test-oauth-token-0123456789",  # the preset checks for one
     )
     process = cli.start("run", "agentmill.yaml", "w")
     _wait_for(lambda: len(_invocations(log)) >= 2, timeout=60)

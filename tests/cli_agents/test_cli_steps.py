@@ -454,3 +454,40 @@ workflows:
     escaped = int(str(steps["s"].output).split()[1])
     assert marked(marker) == []
     assert not os.path.exists(f"/proc/{escaped}"), "alive, or a zombie of the worker"
+
+
+async def test_a_failed_step_leads_with_the_tools_own_error(
+    sqlite_engine: Engine, fake_bin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_CLI_ERROR", "401 Unauthorized: Missing bearer authentication")
+    code = (
+        "import sys; print('starting', file=sys.stderr);"
+        " print('Error: no API key', file=sys.stderr); print('bye', file=sys.stderr); sys.exit(1)"
+    )
+    config = f"""
+agents:
+  coder:
+    runtime: cli
+    preset: codex
+    env: [PATH, FAKE_CLI_ERROR]
+    workdir: {tmp_path}
+  plain:
+    runtime: cli
+    command: ["{PYTHON}", "-c", "{code}"]
+    workdir: {tmp_path}
+workflows:
+  w:
+    steps:
+      - {{id: s, agent: coder, prompt: go}}
+      - {{id: t, agent: plain, prompt: go}}
+"""
+    final, steps = await _run(sqlite_engine, config)
+    assert final.status is RunStatus.FAILED
+    assert (steps["s"].error or "").startswith(
+        "step 's' failed: codex: 401 Unauthorized: Missing bearer authentication"
+        " (exited with status 1)"
+    ), steps["s"].error
+    # Without a reported error, the stderr line that says error leads.
+    assert (steps["t"].error or "").startswith(
+        f"step 't' failed: {os.path.basename(PYTHON)}: Error: no API key (exited with status 1)"
+    ), steps["t"].error

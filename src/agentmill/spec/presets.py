@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DEFAULT_PRESET", "EventRule", "PresetSpec"]
+__all__ = ["DEFAULT_PRESET", "Credentials", "EventRule", "PresetSpec"]
 
 DEFAULT_PRESET = "generic"
 """The preset of a `runtime: cli` agent that names none: plain text, its own `command`."""
@@ -39,6 +39,19 @@ class EventRule(_Strict):
     error: str | None = None
 
 
+class Credentials(_Strict):
+    """How a tool authenticates: any one of these variables set (and granted), or any one
+    of these files present, is enough. Checked before a run starts; values never shown."""
+
+    env: list[str] = Field(default_factory=list, description="Variables holding a key")
+    files: list[str] = Field(
+        default_factory=list,
+        description="Files a login leaves: `~/...` in the home directory, `$NAME/...` under"
+        " the directory a granted variable names",
+    )
+    login: str = Field(default="", description="How to give the tool credentials")
+
+
 class PresetSpec(_Strict):
     """How to run one command-line tool and parse its output."""
 
@@ -61,6 +74,9 @@ class PresetSpec(_Strict):
         default_factory=list,
         description="Variables the tool is granted by default; `PREFIX_*` grants every"
         " variable whose name starts with PREFIX_",
+    )
+    credentials: Credentials | None = Field(
+        default=None, description="What the tool needs to authenticate (null: not checked)"
     )
     ignore: list[str] = Field(
         default_factory=list,

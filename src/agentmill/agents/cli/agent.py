@@ -9,6 +9,7 @@ by a crash resumes that session, in the same worktree, instead of starting over.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -143,7 +144,7 @@ class CliAgent(Agent):
             # Interrupted (timeout, cancel, shutdown): the process group is gone and the
             # worktree stays, with the session id, for the next attempt.
             outcome = await self._execute(request, durable, tree)
-            if outcome[2] and _failure(outcome[0], outcome[1], self._redact) is not None:
+            if outcome[2] and _failure(outcome[0], outcome[1], "", self._redact) is not None:
                 # The session could not be resumed (or failed once resumed): start over.
                 await durable.save(session_id=None)
                 outcome = await self._execute(request, durable, tree)
@@ -231,7 +232,7 @@ class CliAgent(Agent):
         if tree is not None:
             diff = await diff_worktree(tree, ignore=self._call.ignore)
             details["diff"] = _diff_json(diff, self._redact)
-        failure = _failure(result, summary, self._redact)
+        failure = _failure(result, summary, _program(self._call), self._redact)
         if failure is not None:
             cli = details["cli"]
             cli.update(_failure_details(result, self._redact, timed_out=False))
@@ -433,9 +434,19 @@ def _failure_details(
     }
 
 
+def _program(call: CliCall) -> str:
+    """The tool's name for messages: its program, or its preset's name for a template."""
+    program = call.command[0] if call.command else ""
+    if not program or "{" in program:
+        return call.preset_name
+    return Path(program).name
+
+
 def _failure(
-    result: ProcessResult, summary: CliSummary, redact: Callable[[str], str]
+    result: ProcessResult, summary: CliSummary, program: str, redact: Callable[[str], str]
 ) -> CliFailed | None:
+    """The step's error, led by what the tool said went wrong: the error it reported, else
+    its last stderr line that speaks of an error; then how it ended, then stderr's tail."""
     if result.limit_hit is None and result.exit_code == 0 and not summary.error:
         return None
     if result.limit_hit is not None:
@@ -446,15 +457,29 @@ def _failure(
         reason = f"exited with status {result.exit_code}"
     else:
         reason = "reported an error"
-    if summary.error:
-        reason += f": {_clip(summary.error, MAX_ERROR_CHARS)}"
+    said = summary.error or _error_line(result.stderr_tail)
+    if said:
+        message = f"{program}: {_clip(said, MAX_ERROR_CHARS)} ({reason})"
+    else:
+        message = f"{program} {reason}"
     tail = "\n".join(result.stderr_tail[-STDERR_TAIL:])
-    message = f"command {reason}" + (f"; last lines of stderr:\n{tail}" if tail else "")
+    message += f"; last lines of stderr:\n{tail}" if tail else ""
     return CliFailed(
         redact(_clip(message, 4 * MAX_ERROR_CHARS)),
         exit_code=result.exit_code,
         limit=result.limit_hit,
     )
+
+
+def _error_line(lines: tuple[str, ...]) -> str | None:
+    """The last stderr line that says it is an error (`Error: ...`, `fatal: ...`)."""
+    for line in reversed(lines):
+        if _ERROR_WORD.search(line):
+            return line.strip()
+    return None
+
+
+_ERROR_WORD = re.compile(r"\b(error|fatal|unauthori[sz]ed|forbidden)\b", re.IGNORECASE)
 
 
 def _clip(text: str, limit: int) -> str:

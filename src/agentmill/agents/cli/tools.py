@@ -1,4 +1,5 @@
-"""Which command-line tools this machine has: each preset's program, where, which version."""
+"""Which command-line tools this machine has: each preset's program, where, which version,
+and whether it finds credentials to authenticate with (by name, never a value)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agentmill.agents.cli.checks import binary_of
+from agentmill.agents.cli.checks import binary_of, find_credentials
 from agentmill.agents.cli.presets import load_presets
 from agentmill.agents.cli.process import ProcessSpec, run_process
 from agentmill.errors import UserError
@@ -28,6 +29,10 @@ class ToolStatus:
     path: str | None
     version: str | None
     install: str
+    credentials: str | None = None
+    """Where the tool's credentials are (a variable's or a file's name), or why it has none;
+    None for a preset that does not say what its tool needs."""
+    authenticated: bool = True
 
 
 async def tool_statuses(extra: Mapping[str, PresetSpec] | None = None) -> list[ToolStatus]:
@@ -42,9 +47,26 @@ async def _status(name: str, preset: PresetSpec) -> ToolStatus:
     program = binary_of(preset.command)
     path = shutil.which(program) if program else None
     version = await _version(path, preset.version[1:]) if path and preset.version else None
+    credentials, authenticated = _credentials(name, preset)
     return ToolStatus(
-        preset=name, program=program, path=path, version=version, install=preset.install
+        preset=name,
+        program=program,
+        path=path,
+        version=version,
+        install=preset.install,
+        credentials=credentials,
+        authenticated=authenticated,
     )
+
+
+def _credentials(name: str, preset: PresetSpec) -> tuple[str | None, bool]:
+    wanted = preset.credentials
+    if wanted is None or not (wanted.env or wanted.files):
+        return None, True
+    check = find_credentials(wanted, preset.env)
+    if check.found is not None:
+        return check.found, True
+    return f"{check.missing(name, wanted)}: {wanted.login}".rstrip(": "), False
 
 
 async def _version(path: str, args: list[str]) -> str | None:
