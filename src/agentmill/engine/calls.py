@@ -15,6 +15,7 @@ from typing import Any
 
 from agentmill.agents.base import Agent, StepRequest, StepResult
 from agentmill.agents.clock import StepClock, timing
+from agentmill.engine.drain import Drain
 from agentmill.engine.events import RunEmitter
 from agentmill.errors import (
     PolicyRefusal,
@@ -105,13 +106,23 @@ class _Context:
 
 
 async def run_call(
-    call: CallSpec, *, store: Store, emitter: RunEmitter, previous: StepRecord | None
+    call: CallSpec,
+    *,
+    store: Store,
+    emitter: RunEmitter,
+    previous: StepRecord | None,
+    drain: Drain | None = None,
 ) -> StepRecord:
     """Run a call to success or final failure; return its committed checkpoint.
 
     Every attempt is one model request. A transient failure is retried on the same model
     after a backoff (or the provider's Retry-After); when a fallback chain moves on to its
     next model (retries exhausted, or an open circuit), the next attempt starts at once.
+
+    An attempt cut off by an interruption (Ctrl-C, a shutdown) is not a failure: a resumed
+    run gives the call its full retries again. While `drain` is draining, a transient
+    failure (maybe caused by the shutdown itself) waits for the interruption rather than
+    starting a retry.
     """
     if previous is not None and previous.status is StepStatus.SUCCEEDED:
         return previous
@@ -130,32 +141,49 @@ async def run_call(
         if record is not None:
             return record
         assert error is not None
+        if drain is not None and drain.draining and retryable(error):
+            logger.info("attempt %d ended while shutting down, not retried: %s", attempt, error)
+            await drain.wait_interrupted()
         if attempt >= max_attempts or not retryable(error):
             return await _fail(
                 call,
                 attempt,
                 error,
                 note,
+                attempts=attempt - earlier_attempts,
                 kept={**noted, **({SAVED: dict(saved)} if saved else {})},
                 store=store,
                 emitter=emitter,
             )
-        if note.switching:
-            retry_number, delay = 0, 0.0
-        else:
-            retry_number += 1
-            delay = retry_delay(error, base=call.backoff, retry_number=retry_number)
-        logger.info("attempt %d failed, retrying in %.2fs: %s", attempt, delay, error)
-        emitter.emit(
-            "step_retrying",
-            step=call.request.key,
-            attempt=attempt,
-            error=str(error),
-            error_kind=_kind(error),
-            delay=round(delay, 3),
-            **({"next_model": note.next_model} if note.next_model else {}),
-        )
-        await asyncio.sleep(delay)
+        retry_number = 0 if note.switching else retry_number + 1
+        await _before_retry(call, attempt, error, note, retry_number, emitter=emitter)
+
+
+async def _before_retry(
+    call: CallSpec,
+    attempt: int,
+    error: Exception,
+    note: AttemptNote,
+    retry_number: int,
+    *,
+    emitter: RunEmitter,
+) -> None:
+    """Say that `attempt` failed and wait before the next one (at once on another model)."""
+    if note.switching:
+        delay = 0.0
+    else:
+        delay = retry_delay(error, base=call.backoff, retry_number=retry_number)
+    logger.info("attempt %d failed, retrying in %.2fs: %s", attempt, delay, error)
+    emitter.emit(
+        "step_retrying",
+        step=call.request.key,
+        attempt=attempt,
+        error=str(error),
+        error_kind=_kind(error),
+        delay=round(delay, 3),
+        **({"next_model": note.next_model} if note.next_model else {}),
+    )
+    await asyncio.sleep(delay)
 
 
 def _saved(previous: StepRecord | None) -> dict[str, Any]:
@@ -259,14 +287,16 @@ async def _fail(
     error: Exception,
     note: AttemptNote,
     *,
+    attempts: int,
     kept: dict[str, Any],
     store: Store,
     emitter: RunEmitter,
 ) -> StepRecord:
     """Record the final failure, with the policies' details and `kept`: what the agent
-    noted about its last attempt and what it saved for a later one."""
+    noted about its last attempt and what it saved for a later one. `attempts`: how many
+    were made in this execution (an earlier one's interrupted attempt is no failure)."""
     request = call.request
-    message = str(StepFailed(request.key, _describe(error), attempts=attempt))
+    message = str(StepFailed(request.key, _describe(error), attempts=attempts))
     details = {**note.details, **kept} or None
     record = _record(
         request,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
+from typing import NoReturn
 
 __all__ = ["Drain"]
 
@@ -29,9 +30,22 @@ class Drain:
         try:
             yield
         finally:
-            self._in_flight -= 1
-            if self._in_flight == 0 and self._idle is not None:
-                self._idle.set()
+            self._leave()
+
+    async def wait_interrupted(self) -> NoReturn:
+        """Inside `call()`: stop counting as in flight and wait until the run is interrupted
+        (cancelled), so that the drain does not wait for a call that starts nothing more."""
+        self._leave()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._in_flight += 1
+        raise AssertionError("an event nobody sets was set")
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._idle is not None:
+            self._idle.set()
 
     async def drain(self, grace: float) -> None:
         """Stop new calls and wait up to `grace` seconds for the ones in flight."""

@@ -231,6 +231,7 @@ class RunInterpreter:
                 store=self._store,
                 emitter=self._emitter,
                 previous=self._checkpoints.get(request.key),
+                drain=self._drain,
             )
 
     def _agent(self, name: str) -> tuple[Agent, int]:
