@@ -10,12 +10,14 @@ import pytest
 from pydantic_ai.messages import ModelMessage, ModelResponse, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import RequestUsage
+from rich.console import Console
 
 from agentmill.agents.base import Usage
 from agentmill.agents.models import override_models
+from agentmill.cli.live import ProgressView
 from agentmill.cli.report import closing_line, token_count
 from agentmill.engine.engine import Engine
-from agentmill.store import RunStatus, run_cost
+from agentmill.store import EventRecord, RunStatus, run_cost
 from agentmill.store.budgets import BudgetStore
 from agentmill.store.costs import cost_totals
 from tests.engine.helpers import run_yaml
@@ -124,3 +126,16 @@ async def test_structured_output_without_usage_from_a_function_model_is_estimate
     entry = await BudgetStore(engine.store.sync_engine).entry(f"run:{run.id}")
     assert entry is not None
     assert entry.spent_tokens == usage.input_tokens + usage.output_tokens > 0
+
+
+def test_the_live_view_marks_an_estimate() -> None:
+    console = Console(force_terminal=False, record=True, width=100)
+    usage = {"input_tokens": 40, "output_tokens": 12, "estimated": True}
+    with ProgressView(console, step_ids=["s"]) as view:
+        view.handle(_event(1, "step_started"))
+        view.handle(_event(2, "step_finished", usage=usage))
+    assert "(~12 tokens)" in console.export_text()
+
+
+def _event(seq: int, kind: str, **data: object) -> EventRecord:
+    return EventRecord(run_id="r", seq=seq, kind=kind, step="s", attempt=1, data=data, ts=0.0)

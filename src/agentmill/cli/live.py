@@ -141,7 +141,8 @@ class ProgressView:
             return  # `_approval_decided` said how
         usage: dict[str, Any] = event.data.get("usage") or {}
         view.tokens = int(usage.get("output_tokens") or view.tokens)
-        what = _cli_summary(event.data) or f"{view.tokens} tokens"
+        estimated = "~" if usage.get("estimated") else ""  # the provider reported no usage
+        what = _cli_summary(event.data) or f"{estimated}{view.tokens} tokens"
         self._line(f"[green]✔[/] {escape(view.key)} finished in {view.elapsed()} ({what})")
         if self._live is None and view.text.strip():
             self._console.print(Text(_indent(view.text.strip())))
