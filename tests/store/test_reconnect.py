@@ -18,11 +18,14 @@ from agentmill.engine.engine import Engine
 from agentmill.policy.cache import close_response_cache
 from agentmill.settings import Settings
 from agentmill.store import RunStatus
+from agentmill.store.budgets import BudgetStore, Hold, Limit
 from agentmill.store.cache import CacheBackend, CacheRow
+from agentmill.store.db import create_sync_engine
 from agentmill.store.keys import KeyStore, Role
 from tests.conftest import PG_ADMIN_URL, started_engine
 from tests.engine.helpers import run_yaml
 from tests.fakes import ScriptedModel
+from tests.servers import free_port
 
 AGENT = "{model: openai:gpt-4o, instructions: be brief, max_tokens: 200, retries: 0}"
 
@@ -227,3 +230,73 @@ async def test_an_unexpected_database_error_is_shown_as_an_id_never_as_sql(
     assert len(logged) == 1
     assert logged[0].exc_info is not None
     assert "am_budget_holds" in str(logged[0].exc_info[1])  # the details are in the log
+
+
+class DatabaseProxy:
+    """A TCP proxy in front of PostgreSQL that can go down and come back on the same port,
+    as the database server does when it restarts or fails over."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def url(self, database_url: str) -> str:
+        return database_url.replace("127.0.0.1:5432", f"127.0.0.1:{self.port}")
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port)
+
+    async def down(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        await self._server.wait_closed()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", 5432)
+        self._writers.update({writer, upstream_writer})
+
+        async def copy(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    target.write(data)
+                    await target.drain()
+            except OSError:
+                pass
+            finally:
+                target.transport.abort()
+                self._writers.discard(target)
+
+        await asyncio.gather(copy(reader, upstream_writer), copy(upstream_reader, writer))
+
+
+@pytest.mark.postgres
+async def test_stores_wait_for_a_restarting_database(fresh_pg_url: str) -> None:
+    from agentmill.store import Store
+    from agentmill.store.db import create_engine
+
+    store = await Store.open(fresh_pg_url)  # the schema
+    await store.close()
+    proxy = DatabaseProxy()
+    await proxy.up()
+    engine = create_engine(proxy.url(fresh_pg_url))
+    budgets = BudgetStore(create_sync_engine(proxy.url(fresh_pg_url), fast=True))
+    keys = KeyStore(engine)
+    try:
+        key, secret = await keys.create(tenant="acme", role=Role.OPERATOR)
+        hold = Hold(
+            id="h1", run_id="r", call_key="c", tenant="acme", scopes=("s",), usd=0.1, tokens=1
+        )
+        assert await budgets.reserve(hold, [Limit(scope="s", name="test", usd=1.0)])
+        await proxy.down()  # the server restarts: connections cut, new ones refused...
+        asyncio.get_running_loop().call_later(0.5, lambda: asyncio.ensure_future(proxy.up()))
+        assert await keys.verify(secret) == key  # ...and the stores wait until it is back
+        await proxy.down()
+        asyncio.get_running_loop().call_later(0.5, lambda: asyncio.ensure_future(proxy.up()))
+        assert await budgets.settle(hold, usd=0.05, tokens=1)
+    finally:
+        await engine.dispose()
+        await proxy.down()

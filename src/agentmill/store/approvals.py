@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentmill.store.reconnect import reconnecting
 from agentmill.store.tables import approvals
 
 __all__ = ["ApprovalRecord", "ApprovalStatus", "ApprovalStore"]
@@ -60,6 +61,7 @@ class ApprovalStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @reconnecting
     async def create(self, record: ApprovalRecord) -> ApprovalRecord:
         """Insert the row unless the gate already has one; return the stored row.
 
@@ -76,6 +78,7 @@ class ApprovalStore:
         assert stored is not None  # inserted just now, or there already
         return stored
 
+    @reconnecting
     async def get(
         self, run_id: str, step_id: str, *, tenant: str | None = None
     ) -> ApprovalRecord | None:
@@ -88,6 +91,7 @@ class ApprovalStore:
             row = (await conn.execute(query)).first()
         return None if row is None else _record(row._mapping)
 
+    @reconnecting
     async def list(
         self,
         *,
@@ -107,6 +111,7 @@ class ApprovalStore:
         async with self._engine.connect() as conn:
             return [_record(row._mapping) for row in await conn.execute(query)]
 
+    @reconnecting
     async def decide(
         self,
         run_id: str,
@@ -134,6 +139,7 @@ class ApprovalStore:
         )
         return await self._changed(query)
 
+    @reconnecting
     async def expire(self, run_id: str, step_id: str, *, now: float | None = None) -> bool:
         """Mark a pending row whose deadline has passed as expired; True if this did it."""
         now = time.time() if now is None else now
@@ -149,6 +155,7 @@ class ApprovalStore:
         )
         return await self._changed(query)
 
+    @reconnecting
     async def expire_overdue(self, *, tenant: str, now: float | None = None) -> int:
         """Mark every overdue pending row of a tenant as expired (for accurate listings)."""
         now = time.time() if now is None else now
@@ -164,6 +171,7 @@ class ApprovalStore:
         async with self._engine.begin() as conn:
             return (await conn.execute(query)).rowcount
 
+    @reconnecting
     async def reopen(
         self, run_id: str, step_id: str, *, created_at: float, expires_at: float
     ) -> bool:

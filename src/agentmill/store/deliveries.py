@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agentmill.store.reconnect import reconnecting
 from agentmill.store.tables import deliveries
 
 __all__ = ["PROCESSING_LEASE", "Claim", "DeliveryRecord", "DeliveryStore", "Outcome"]
@@ -65,6 +66,7 @@ class DeliveryStore:
         self.tenant = tenant
         self.lease = lease
 
+    @reconnecting
     async def claim(self, source: str, delivery_id: str, *, event: str) -> Claim:
         """Take the delivery for processing, unless another copy has (or is doing so)."""
         record = DeliveryRecord(
@@ -116,6 +118,7 @@ class DeliveryStore:
             return True
         return record.outcome == "processing" and record.received_at < time.time() - self.lease
 
+    @reconnecting
     async def finish(
         self, source: str, delivery_id: str, *, outcome: Outcome, run_ids: list[str]
     ) -> None:
@@ -128,6 +131,7 @@ class DeliveryStore:
         async with self._engine.begin() as conn:
             await conn.execute(query)
 
+    @reconnecting
     async def get(self, source: str, delivery_id: str) -> DeliveryRecord | None:
         query = sa.select(deliveries).where(
             deliveries.c.source == source, deliveries.c.id == delivery_id

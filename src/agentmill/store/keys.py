@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmill.errors import InputError, NotFoundError
+from agentmill.store.reconnect import reconnecting
 from agentmill.store.tables import api_keys
 
 __all__ = ["ApiKey", "KeyStore", "Role", "parse_key"]
@@ -79,6 +80,7 @@ class KeyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @reconnecting
     async def create(
         self, *, tenant: str, role: Role, name: str = "", budget: dict[str, Any] | None = None
     ) -> tuple[ApiKey, str]:
@@ -103,6 +105,7 @@ class KeyStore:
             await conn.execute(api_keys.insert().values(**values))
         return key, secret
 
+    @reconnecting
     async def verify(self, secret: str) -> ApiKey | None:
         """The active key matching `secret`, or None; digests compared in constant time."""
         key_id = parse_key(secret)
@@ -117,12 +120,14 @@ class KeyStore:
             return None
         return _key(row._mapping)
 
+    @reconnecting
     async def budget(self, key_id: str) -> dict[str, Any] | None:
         """The key's daily and monthly limits, if it has any."""
         query = sa.select(api_keys.c.budget).where(api_keys.c.id == key_id)
         async with self._engine.connect() as conn:
             return (await conn.execute(query)).scalar()
 
+    @reconnecting
     async def set_budget(
         self, key_id: str, budget: dict[str, Any] | None, *, tenant: str | None = None
     ) -> ApiKey:
@@ -134,11 +139,13 @@ class KeyStore:
             await conn.execute(query.values(budget=budget or None))
         return await self._get(key_id, tenant=tenant)
 
+    @reconnecting
     async def touch(self, key_id: str) -> None:
         query = api_keys.update().where(api_keys.c.id == key_id)
         async with self._engine.begin() as conn:
             await conn.execute(query.values(last_used_at=time.time()))
 
+    @reconnecting
     async def list(self, *, tenant: str | None = None) -> list[ApiKey]:
         query = sa.select(api_keys).order_by(api_keys.c.created_at)
         if tenant is not None:
@@ -146,6 +153,7 @@ class KeyStore:
         async with self._engine.connect() as conn:
             return [_key(row._mapping) for row in await conn.execute(query)]
 
+    @reconnecting
     async def revoke(self, key_id: str, *, tenant: str | None = None) -> ApiKey:
         """Revoke a key at once; `tenant` scopes the lookup for a tenant's own admin."""
         query = api_keys.update().where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))

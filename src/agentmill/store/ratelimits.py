@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agentmill.store.reconnect import reconnecting
 from agentmill.store.tables import rate_leases, rate_limits
 
 __all__ = ["RateLimitStore", "RateRule", "Slot"]
@@ -73,6 +74,7 @@ class RateLimitStore:
         self._statements: dict[tuple[RateRule, ...], sa.Update] = {}
         """The one-statement reservation per set of rules (PostgreSQL)."""
 
+    @reconnecting
     async def reserve(self, rules: Sequence[RateRule], *, tokens: int, lookahead: float) -> Slot:
         """Take the next start time common to every rule, if it is within `lookahead`
         seconds; otherwise take nothing and say when it would be."""
@@ -114,10 +116,12 @@ class RateLimitStore:
             self._known.difference_update(keys)
         return float(rows[0][0]) if len(rows) == len(keys) else None
 
+    @reconnecting
     async def adjust_tokens(self, rules: Sequence[RateRule], *, tokens: int) -> None:
         """Charge `tokens` more (negative: give back) to the token-limited rules."""
         await self.settle(rules=rules, tokens=tokens)
 
+    @reconnecting
     async def acquire_leases(
         self, caps: Sequence[tuple[str, int]], ids: Sequence[str], *, ttl: float
     ) -> bool:
@@ -149,6 +153,7 @@ class RateLimitStore:
         await conn.execute(query)
         await conn.commit()
 
+    @reconnecting
     async def renew_leases(self, ids: Sequence[str], *, ttl: float) -> int:
         """Push the expiry of these leases `ttl` seconds from now; how many still existed."""
         query = (
@@ -159,9 +164,11 @@ class RateLimitStore:
         async with self._engine.begin() as conn:
             return (await conn.execute(query)).rowcount
 
+    @reconnecting
     async def release_leases(self, ids: Sequence[str]) -> None:
         await self.settle(leases=ids)
 
+    @reconnecting
     async def settle(
         self, *, leases: Sequence[str] = (), rules: Sequence[RateRule] = (), tokens: int = 0
     ) -> None:
@@ -180,6 +187,7 @@ class RateLimitStore:
             if charges:
                 await conn.execute(_ADD_TOKEN_TAT, charges)
 
+    @reconnecting
     async def leases_held(self, key: str) -> int:
         """Unexpired leases of a key (for stats and tests)."""
         async with self._engine.connect() as conn:
