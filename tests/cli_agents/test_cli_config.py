@@ -129,8 +129,16 @@ workflows:
     assert claude.command[0] == "claude"
 
 
-def test_doctor_lists_presets_with_their_versions(cli: Cli, fake_bin: Path) -> None:
+def test_doctor_lists_presets_with_their_versions_and_credentials(
+    cli: Cli, fake_bin: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
     cli.env["PATH"] = f"{fake_bin}:/usr/bin:/bin"
+    cli.env["HOME"] = str(home)
+    for name in ("CODEX_API_KEY", "CODEX_HOME", "CLAUDE_CODE_OAUTH_TOKEN", "GEMINI_API_KEY"):
+        cli.env.pop(name, None)
+    cli.env["OPENAI_API_KEY"] = "sk-test-doctor-0123456789abcdef"
     shown = cli.run("doctor")
     assert "Traceback" not in shown.stderr
     text = shown.stdout
@@ -138,6 +146,14 @@ def test_doctor_lists_presets_with_their_versions(cli: Cli, fake_bin: Path) -> N
         assert preset in text
     assert "1.0.0-fake (claude)" in text
     assert "git" in text
+    # Where each tool's credentials are, by name; what is missing, with how to log in.
+    tables, _, fixes = text.partition("to fix:")
+    rows = {line.split()[0]: line for line in tables.splitlines() if line.strip()}
+    assert "OPENAI_API_KEY" in rows["codex"]
+    assert "no credentials" in rows["claude"]
+    assert "claude cannot authenticate here" in fixes
+    assert "run `claude` once and log in" in " ".join(fixes.split())
+    assert "sk-test-doctor" not in text + shown.stderr
 
 
 def test_doctor_says_how_to_install_a_missing_tool(cli: Cli, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Column, Table
@@ -14,6 +15,9 @@ from agentmill.cli.exits import EXIT_FAILED, EXIT_OK, out
 from agentmill.errors import AgentmillError
 from agentmill.settings import Settings, credential_present
 from agentmill.spec.presets import PresetSpec
+
+if TYPE_CHECKING:
+    from agentmill.agents.cli.tools import ToolStatus
 
 __all__ = ["run_doctor"]
 
@@ -62,23 +66,39 @@ async def _tools_table(presets: Mapping[str, PresetSpec], fixes: list[str]) -> T
     """The command-line presets' programs; the install commands of missing ones go to `fixes`."""
     from agentmill.agents.cli.tools import tool_statuses
 
-    table = Table(Column("preset", no_wrap=True), "program", "status", "version", box=None)
+    table = Table(
+        Column("preset", no_wrap=True), "program", "status", "version", "credentials", box=None
+    )
     for tool in await tool_statuses(presets):
+        credentials = _credentials(tool, fixes)
         if tool.program is None:
-            table.add_row(tool.preset, "-", "[green]ok[/]", "runs the agent's own `command`")
+            table.add_row(
+                tool.preset, "-", "[green]ok[/]", "runs the agent's own `command`", credentials
+            )
         elif tool.path is None:
-            table.add_row(tool.preset, escape(tool.program), _mark(False), _FIX_BELOW)
+            table.add_row(tool.preset, escape(tool.program), _mark(False), _FIX_BELOW, credentials)
             fixes.append(f"{tool.install}  # {tool.preset}")
         else:
-            table.add_row(tool.preset, escape(tool.path), _mark(True), escape(tool.version or ""))
+            version = escape(tool.version or "")
+            table.add_row(tool.preset, escape(tool.path), _mark(True), version, credentials)
     for program, package in (("git", "git"), ("prlimit", "util-linux")):
         found = shutil.which(program)
         table.add_row(
-            program, escape(found or program), _mark(bool(found)), "" if found else _FIX_BELOW
+            program, escape(found or program), _mark(bool(found)), "" if found else _FIX_BELOW, ""
         )
         if not found:
             fixes.append(f"install the {package} package (for {program})")
     return table
+
+
+def _credentials(tool: ToolStatus, fixes: list[str]) -> str:
+    """Where a tool's credentials are (a name, never a value); what is missing to `fixes`."""
+    if tool.credentials is None:
+        return "-"
+    if tool.authenticated:
+        return f"[green]{escape(tool.credentials)}[/]"
+    fixes.append(f"{tool.credentials}  # {tool.preset}")
+    return f"[yellow]no credentials[/] ({_FIX_BELOW})"
 
 
 def _project_presets(config: Path | None) -> Mapping[str, PresetSpec]:
