@@ -237,7 +237,7 @@ def test_anchors_aliases_and_merge_keys(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ('version: 1\nx: "\x00"\n', "invalid YAML: unacceptable character #x0000"),
-        ("[" * 5000, "invalid YAML: nested too deeply to read"),
+        ("[" * 5000, "nested more than 100 levels deep"),
     ],
 )
 def test_unreadable_yaml_is_a_config_error(text: str, message: str) -> None:
@@ -258,3 +258,92 @@ def test_a_yaml_alias_bomb_in_a_default_is_reported_briefly() -> None:
     with pytest.raises(ConfigError) as info:
         load_project_text(text, "x.yaml")
     assert len(str(info.value)) < 2000  # 10**8 numbers, shown as a short excerpt
+
+
+def _nested_default(depth: int) -> str:
+    """A config whose input default nests `depth` lists (5 levels above it: 1-based line 6)."""
+    value = "[" * depth + "]" * depth
+    return (
+        "agents: {a: {model: openai:gpt-4o}}\nworkflows:\n  w:\n    inputs:\n"
+        f"      v:\n        type: list\n        default: {value}\n"
+        '    steps:\n      - {id: s, agent: a, prompt: "x"}\n'
+    )
+
+
+def test_a_config_nests_at_most_100_levels() -> None:
+    load_project_text(_nested_default(95), "x.yaml")  # with the 5 levels above: 100
+    with pytest.raises(ConfigError) as info:
+        load_project_text(_nested_default(96), "x.yaml")
+    [problem] = info.value.problems
+    assert (problem.line, problem.message) == (7, "nested more than 100 levels deep")
+
+
+def _alias_in_lists(lists: int) -> str:
+    """Input `u` nests 90 lists (levels 6 to 95); `v` holds an alias of them in `lists` lists."""
+    anchored = "&d0 " + "[" * 90 + "]" * 90
+    alias = "[" * lists + "*d0" + "]" * lists
+    return (
+        "agents: {a: {model: openai:gpt-4o}}\nworkflows:\n  w:\n    inputs:\n"
+        f"      u: {{type: list, default: {anchored}}}\n"
+        f"      v: {{type: list, default: {alias}}}\n"
+        '    steps:\n      - {id: s, agent: a, prompt: "x"}\n'
+    )
+
+
+def test_aliases_count_towards_the_nesting() -> None:
+    load_project_text(_alias_in_lists(5), "x.yaml")  # 5 + 5 + 90 levels
+    with pytest.raises(ConfigError) as info:
+        load_project_text(_alias_in_lists(6), "x.yaml")
+    [problem] = info.value.problems
+    assert (problem.line, problem.message) == (6, "nested more than 100 levels deep")
+
+
+@pytest.mark.parametrize(
+    ("values", "refused"),
+    [(9, True), (3, False)],
+    ids=["billion-laughs", "a-few-aliases"],
+)
+def test_aliases_may_repeat_at_most_100000_values(values: int, refused: bool) -> None:
+    levels = ["&l0 [" + ", ".join(['"lol"'] * values) + "]"]
+    levels += [f"&l{i} [{', '.join([f'*l{i - 1}'] * values)}]" for i in range(1, 9)]
+    text = _nested_default(1).replace("default: []", "default: [" + ", ".join(levels) + "]")
+    if not refused:
+        load_project_text(text, "x.yaml")  # 3**9 = 19,683 values: fine
+        return
+    with pytest.raises(ConfigError) as info:
+        load_project_text(text, "x.yaml")
+    [problem] = info.value.problems
+    assert problem.line == 7
+    assert problem.message == "the aliases (*name) of this file expand to more than 100,000 values"
+
+
+def test_a_recursive_alias_is_refused() -> None:
+    text = _nested_default(1).replace("default: []", "default: &loop [1, *loop]")
+    with pytest.raises(ConfigError) as info:
+        load_project_text(text, "x.yaml")
+    [problem] = info.value.problems
+    assert (problem.line, problem.message) == (
+        7,
+        "alias *loop is used inside the value it names",
+    )
+
+
+def test_config_text_over_1_mib_is_refused_before_parsing() -> None:
+    text = "#" + "é" * (512 * 1024) + "\n"  # 524,289 characters, 1,048,578 bytes
+    with pytest.raises(ConfigError) as info:
+        load_project_text(text, "x.yaml")
+    [problem] = info.value.problems
+    assert problem.message == (
+        "the config is 1,048,578 bytes; a config file may be at most 1 MiB (1,048,576 bytes)"
+    )
+
+
+def test_a_config_file_over_1_mib_is_refused_with_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"#" * (3 * 1024 * 1024))
+    with pytest.raises(ConfigError) as info:
+        load_project(path)
+    [problem] = info.value.problems
+    assert problem.message.startswith("the file is 3,145,728 bytes; a config file may be")
+    assert problem.hint is not None
+    assert "--input name=@file" in problem.hint

@@ -4,6 +4,10 @@ Every problem found is reported at once in one `ConfigError`: YAML syntax, dupli
 unknown keys (with a "did you mean"), wrong types, bad durations, and the cross-reference
 checks of `validate`. Pydantic's errors are mapped back to YAML lines (in `_schema_errors`),
 so the messages speak of keys and steps rather than of pydantic types.
+
+A document too costly to load is refused before anything walks it: more than
+`MAX_CONFIG_BYTES` (the file is never read further), more than `MAX_DEPTH` levels of
+nesting, or aliases repeating more than `MAX_ALIAS_VALUES` values (`_yaml_limits`).
 """
 
 from __future__ import annotations
@@ -18,10 +22,30 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agentmill.errors import ConfigError, ConfigProblem
 from agentmill.spec._schema_errors import schema_problems
+from agentmill.spec._yaml_limits import (
+    MAX_ALIAS_VALUES,
+    MAX_DEPTH,
+    LimitedLoader,
+    YamlLimitExceeded,
+)
+from agentmill.spec.files import FileTooLarge, read_bytes_at_most
 from agentmill.spec.models import AgentSpec, ModelEndpoint, ProjectSpec, StepSpec, WorkflowSpec
 from agentmill.spec.validate import validate_project
 
-__all__ = ["LoadedProject", "NodePath", "load_project", "load_project_text"]
+__all__ = [
+    "MAX_ALIAS_VALUES",
+    "MAX_CONFIG_BYTES",
+    "MAX_DEPTH",
+    "LoadedProject",
+    "NodePath",
+    "load_project",
+    "load_project_text",
+]
+
+MAX_CONFIG_BYTES = 1024 * 1024
+"""The largest config file agentmill reads (1 MiB); long texts belong in inputs."""
+_MAX_SIZE = f"a config file may be at most 1 MiB ({MAX_CONFIG_BYTES:,} bytes)"
+_SIZE_HINT = "keep long texts out of the config: pass them as inputs (--input name=@file)"
 
 NodePath = tuple[str | int, ...]
 """Where a node is: keys and list indexes from the top, e.g. ("workflows", "w", "steps", 0)."""
@@ -97,6 +121,12 @@ def load_project(path: Path, *, checks: Checks | None = None) -> LoadedProject:
 
 def load_project_text(text: str, filename: str, *, checks: Checks | None = None) -> LoadedProject:
     """Parse and validate project text; `filename` is used in the problems' file:line."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_CONFIG_BYTES:
+        message = f"the config is {size:,} bytes; {_MAX_SIZE}"
+        raise ConfigError(
+            [ConfigProblem(file=filename, line=None, message=message, hint=_SIZE_HINT)]
+        )
     data, lines, problems = _parse_yaml(text, filename)
     if not isinstance(data, dict):
         where = LoadedProject(ProjectSpec(), Path(filename), lines)
@@ -119,7 +149,9 @@ def load_project_text(text: str, filename: str, *, checks: Checks | None = None)
 def _read(path: Path) -> str:
     file = str(path)
     try:
-        data = path.read_bytes()
+        data = read_bytes_at_most(path, MAX_CONFIG_BYTES)
+    except FileTooLarge as exc:
+        raise ConfigError([_too_large(file, exc.size)]) from None
     except FileNotFoundError as exc:
         hint = f"no file at {path.absolute()}; check the path"
         problem = ConfigProblem(file=file, line=None, message="file not found", hint=hint)
@@ -140,10 +172,21 @@ def _read(path: Path) -> str:
         raise ConfigError([problem]) from exc
 
 
+def _too_large(file: str, size: int | None) -> ConfigProblem:
+    if size is not None:
+        message = f"the file is {size:,} bytes; {_MAX_SIZE}"
+    else:  # not a regular file (a device, a pipe): its size is unknown
+        message = (
+            f"the file is larger than 1 MiB ({MAX_CONFIG_BYTES:,} bytes), "
+            "the most a config file may be"
+        )
+    return ConfigProblem(file=file, line=None, message=message, hint=_SIZE_HINT)
+
+
 def _parse_yaml(text: str, file: str) -> tuple[Any, _Lines, list[ConfigProblem]]:
     """The document, the line of each node, and duplicate-key problems."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = LimitedLoader(text)
     except yaml.YAMLError as exc:  # e.g. a NUL or other control character
         problem = ConfigProblem(file=file, line=None, message=f"invalid YAML: {exc}")
         raise ConfigError([problem]) from None
@@ -154,6 +197,9 @@ def _parse_yaml(text: str, file: str) -> tuple[Any, _Lines, list[ConfigProblem]]
         index = _Index(file)
         index.visit(node, ())
         data = loader.construct_document(node)
+    except YamlLimitExceeded as exc:
+        problem = ConfigProblem(file=file, line=exc.line, message=exc.message, hint=exc.hint)
+        raise ConfigError([problem]) from None
     except yaml.MarkedYAMLError as exc:
         raise ConfigError([_yaml_problem(exc, file)]) from exc
     except yaml.YAMLError as exc:
