@@ -173,7 +173,7 @@ async def follow_run(
     try:
         await _show(client, run, as_json=as_json, after=after, console=console)
     except asyncio.CancelledError:
-        err().print("\n" + client.detached_note(run), soft_wrap=True)
+        err().print("\n" + client.detached_note(run))
         return EXIT_INTERRUPTED
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
@@ -182,7 +182,8 @@ async def follow_run(
     if as_json:
         out().print_json(json.dumps(run_to_json(final, steps)))
     else:
-        print_outputs(out(), err(), final, run_cost(final, steps))
+        cost = run_cost(final, steps)
+        print_outputs(out(), err(), final, cost, process_gone=client.process_gone(final))
     return EXIT_OK if final.status is RunStatus.SUCCEEDED else EXIT_FAILED
 
 
