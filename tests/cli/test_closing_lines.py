@@ -111,8 +111,8 @@ def test_runs_show_logs_and_cancel_close_with_the_runs_real_status(cli: Cli) -> 
     cli.env["AGENTMILL_TEST_LATENCY"] = "120"  # running until interrupted
     runner = cli.start("run", str(config), "w", recording=True)
     assert runner.stderr is not None
-    started = runner.stderr.readline()  # run ID started (w)
-    run_id = started.split()[1]
+    started = next(line for line in runner.stderr if line.startswith("run "))
+    run_id = started.split()[1]  # run ID started (w)
     _wait_for_a_call(cli)
 
     running = cli.run("runs", "show", run_id)

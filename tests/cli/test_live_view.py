@@ -124,7 +124,7 @@ def _rows(screen: io.StringIO, step: str) -> list[tuple[str, str]]:
 async def _wait_for_ticks(screen: io.StringIO, step: str, release: asyncio.Event) -> bool:
     """Whether the step's elapsed time grows on screen while nothing happens to it."""
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             while (
                 len({elapsed for status, elapsed in _rows(screen, step) if status == "running"}) < 3
             ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from agentmill.agents.cli.presets import load_presets
@@ -41,7 +42,7 @@ def test_hints_and_next_steps_are_never_wrapped(cli: Cli) -> None:
     cli.env["AGENTMILL_TEST_FAIL_ON"] = "one"
     failed = cli.run("run", "agentmill.yaml", "w", recording=True)
     assert failed.returncode == 1
-    run_id = failed.stderr.split()[1]  # run ID started (w)
+    run_id = re.findall(r"^run (\w+) started", failed.stderr, re.MULTILINE)[0]
     hint = f"retry the failed steps with: agentmill runs resume {run_id}"
     assert hint in _lines(failed.stderr)
 
