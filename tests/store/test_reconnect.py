@@ -62,9 +62,8 @@ def terminate_backends(url: str) -> int:
     )
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         ended = [row[0] for row in conn.execute(query, (database,)).fetchall()]
-    assert ended
-    assert all(ended)
-    return len(ended)
+    assert any(ended)  # False: a session that ended on its own meanwhile
+    return sum(ended)
 
 
 async def until_listening(url: str) -> None:

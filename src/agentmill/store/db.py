@@ -115,8 +115,9 @@ def create_engine(url: str) -> AsyncEngine:
 def create_sync_engine(url: str, *, pool_size: int = 2, fast: bool = False) -> sa.Engine:
     """A blocking engine, for the journal's writer thread, migrations and short
     transactions run on worker threads. `fast` (PostgreSQL): no ping before each use (a
-    dropped connection fails one transaction, then the pool reconnects) and commits that
-    do not wait for the WAL flush, as the journal does (see docs/design.md)."""
+    unit that finds its connection dropped is run again on a new one by
+    `store/reconnect.py`) and commits that do not wait for the WAL flush, as the journal
+    does (see docs/design.md)."""
     if _scheme(url) == "postgresql":
         _require_psycopg()
         options = {"options": "-c synchronous_commit=off"} if fast else {}

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentmill.errors import NotFoundError
 from agentmill.store.db import create_engine, create_sync_engine, database_error, migrate
 from agentmill.store.journal import Journal
+from agentmill.store.reconnect import reconnecting
 from agentmill.store.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
 from agentmill.store.tables import events, runs, steps
 
@@ -81,11 +82,13 @@ class Store:
 
     # runs
 
+    @reconnecting
     async def create_run(self, run: RunRecord) -> None:
         values = {**run.__dict__, "status": str(run.status)}
         async with self.engine.begin() as conn:
             await conn.execute(runs.insert().values(**values))
 
+    @reconnecting
     async def get_run(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunRecord:
         async with self.engine.connect() as conn:
             row = (
@@ -97,6 +100,7 @@ class Store:
             raise NotFoundError(f"no run with id {run_id!r}: list runs with `agentmill runs list`")
         return _run_record(row._mapping)
 
+    @reconnecting
     async def get_run_any(self, run_id: str) -> RunRecord:
         """A run of any tenant; for the engine's own use, never for a request."""
         async with self.engine.connect() as conn:
@@ -105,6 +109,7 @@ class Store:
             raise NotFoundError(f"no run with id {run_id!r}")
         return _run_record(row._mapping)
 
+    @reconnecting
     async def list_runs(
         self,
         *,
@@ -138,12 +143,14 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [_run_record(row._mapping) for row in rows]
 
+    @reconnecting
     async def run_by_idempotency_key(self, tenant: str, key: str) -> RunRecord | None:
         query = sa.select(runs).where(runs.c.tenant == tenant, runs.c.idempotency_key == key)
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _run_record(row._mapping)
 
+    @reconnecting
     async def active_runs_with_key(
         self, tenant: str, key: str, *, before: float | None = None, exclude: str | None = None
     ) -> list[str]:
@@ -160,6 +167,7 @@ class Store:
         async with self.engine.connect() as conn:
             return list((await conn.execute(query.order_by(runs.c.created_at))).scalars())
 
+    @reconnecting
     async def recoverable_runs(self, *, stale_before: float) -> list[RunRecord]:
         """Runs a worker should adopt: owned by a process whose heartbeat stopped before
         `stale_before`, or interrupted by a server shutdown."""
@@ -180,6 +188,7 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [_run_record(row._mapping) for row in rows]
 
+    @reconnecting
     async def queued_before(self, created_before: float) -> list[RunRecord]:
         """Pending runs owned by nobody (queued) since before `created_before`."""
         query = (
@@ -197,17 +206,20 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [_run_record(row._mapping) for row in rows]
 
+    @reconnecting
     async def count_by_status(self) -> dict[str, int]:
         query = sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
         async with self.engine.connect() as conn:
             return {row[0]: int(row[1]) for row in await conn.execute(query)}
 
+    @reconnecting
     async def update_run(self, run_id: str, **values: Any) -> None:
         if "status" in values:
             values["status"] = str(values["status"])
         async with self.engine.begin() as conn:
             await conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
 
+    @reconnecting
     async def update_run_if_owner(
         self,
         run_id: str,
@@ -227,6 +239,7 @@ class Store:
             result = await conn.execute(query.values(**values))
         return result.rowcount == 1
 
+    @reconnecting
     async def heartbeat(self, run_ids: list[str], *, owner: str) -> None:
         """Refresh the heartbeat of the runs `owner` still owns."""
         if not run_ids:
@@ -235,6 +248,7 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(query.values(heartbeat_at=time.time()))
 
+    @reconnecting
     async def owners(self, run_ids: list[str]) -> dict[str, str | None]:
         if not run_ids:
             return {}
@@ -242,6 +256,7 @@ class Store:
         async with self.engine.connect() as conn:
             return {row.id: row.owner for row in await conn.execute(query)}
 
+    @reconnecting
     async def cancel_requested(self, run_ids: list[str]) -> set[str]:
         """Which of these runs someone asked to cancel."""
         if not run_ids:
@@ -252,12 +267,14 @@ class Store:
 
     # steps and events
 
+    @reconnecting
     async def steps(self, run_id: str) -> list[StepRecord]:
         query = sa.select(steps).where(steps.c.run_id == run_id).order_by(steps.c.started_at)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [_step_record(row._mapping) for row in rows]
 
+    @reconnecting
     async def copy_steps(self, source: str, target: str, *, step_ids: set[str]) -> int:
         """Copy the finished checkpoints of `step_ids` from one run to another."""
         finished = [str(StepStatus.SUCCEEDED), str(StepStatus.SKIPPED)]
@@ -270,6 +287,7 @@ class Store:
                 await conn.execute(steps.insert(), rows)
         return len(rows)
 
+    @reconnecting
     async def events(
         self, run_id: str, *, after: int = 0, limit: int | None = None
     ) -> list[EventRecord]:
@@ -284,6 +302,7 @@ class Store:
             rows = (await conn.execute(query)).all()
         return [EventRecord(**dict(row._mapping)) for row in rows]
 
+    @reconnecting
     async def last_seq(self, run_id: str) -> int:
         query = sa.select(sa.func.max(events.c.seq)).where(events.c.run_id == run_id)
         async with self.engine.connect() as conn:
