@@ -206,4 +206,4 @@ def test_deeply_nested_yaml_is_refused(cli: Cli) -> None:
     config = _config(cli, CONFIG.replace("default: []", f"default: {nested}"))
     output = _failed_cleanly(cli.run("validate", str(config)))
     assert f"{config}:8:" in output
-    assert "nested more than 100 levels deep" in output
+    assert "nested too deeply: more than 100 levels of mappings and lists" in output

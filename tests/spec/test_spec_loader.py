@@ -237,7 +237,7 @@ def test_anchors_aliases_and_merge_keys(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ('version: 1\nx: "\x00"\n', "invalid YAML: unacceptable character #x0000"),
-        ("[" * 5000, "nested more than 100 levels deep"),
+        ("[" * 5000, "nested too deeply: more than 100 levels of mappings and lists"),
     ],
 )
 def test_unreadable_yaml_is_a_config_error(text: str, message: str) -> None:
@@ -275,7 +275,10 @@ def test_a_config_nests_at_most_100_levels() -> None:
     with pytest.raises(ConfigError) as info:
         load_project_text(_nested_default(96), "x.yaml")
     [problem] = info.value.problems
-    assert (problem.line, problem.message) == (7, "nested more than 100 levels deep")
+    assert (problem.line, problem.message) == (
+        7,
+        "nested too deeply: more than 100 levels of mappings and lists",
+    )
 
 
 def _alias_in_lists(lists: int) -> str:
@@ -295,7 +298,10 @@ def test_aliases_count_towards_the_nesting() -> None:
     with pytest.raises(ConfigError) as info:
         load_project_text(_alias_in_lists(6), "x.yaml")
     [problem] = info.value.problems
-    assert (problem.line, problem.message) == (6, "nested more than 100 levels deep")
+    assert (problem.line, problem.message) == (
+        6,
+        "nested too deeply: more than 100 levels of mappings and lists",
+    )
 
 
 @pytest.mark.parametrize(

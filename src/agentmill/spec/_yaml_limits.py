@@ -104,7 +104,7 @@ class LimitedLoader(yaml.SafeLoader):
 
 def _too_deep(line: int) -> YamlLimitExceeded:
     return YamlLimitExceeded(
-        f"nested more than {MAX_DEPTH} levels deep",
-        "a config file needs only a few levels of mappings and lists",
+        f"nested too deeply: more than {MAX_DEPTH} levels of mappings and lists",
+        "a config file needs only a few levels: pass deep data as an input instead",
         line,
     )
