@@ -16,6 +16,7 @@ from agentmill.agents.base import Usage
 from agentmill.agents.models import override_models
 from agentmill.cli.live import ProgressView
 from agentmill.cli.report import closing_line, token_count
+from agentmill.cli.runs_cmd import _cost_column  # pyright: ignore[reportPrivateUsage]
 from agentmill.engine.engine import Engine
 from agentmill.store import EventRecord, RunStatus, run_cost
 from agentmill.store.budgets import BudgetStore
@@ -84,7 +85,9 @@ async def test_a_stream_without_usage_is_an_estimate_that_the_budget_counts(
 
     # Shown as estimates: `runs show`, the closing line, `costs`.
     assert token_count(usage, "output_tokens") == f"~{usage['output_tokens']}"
-    assert "(estimated: a provider reported no usage)" in closing_line(run)
+    closing = closing_line(run, run_cost(run, [step]))
+    assert f", estimated as the provider reported none, ~${expected:.4f})" in closing
+    assert _cost_column(step) == f"~${expected:.4f}"
     assert run_cost(run, [step]).describe() == f"~${expected:.4f}"
     (total,) = await cost_totals(engine.store.engine, group_by="workflow", tenant=None)
     assert (total.calls, total.estimated_calls, total.unpriced_calls) == (1, 1, 0)

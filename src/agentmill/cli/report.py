@@ -123,7 +123,7 @@ def _usage(run: RunRecord, cost: CostSummary | None) -> str:
     tokens_in, tokens_out = token_count(usage, "input_tokens"), token_count(usage, "output_tokens")
     tokens = f"{tokens_in} in / {tokens_out} out tokens"
     if _estimated(usage):
-        tokens += " (estimated: a provider reported no usage)"
+        tokens += ", estimated as the provider reported none"
     if cost is not None and cost.calls:
         tokens += f", {cost.describe()}"
     return tokens

@@ -188,7 +188,10 @@ def _model_column(step: StepRecord) -> str:
 def _cost_column(step: StepRecord) -> str:
     if step.model is None or str(step.status) != "succeeded":
         return ""
-    return "unknown" if step.cost_usd is None else f"${step.cost_usd:.4f}"
+    if step.cost_usd is None:
+        return "unknown"
+    estimated = "~" if (step.usage or {}).get("estimated") else ""  # priced from an estimate
+    return f"{estimated}${step.cost_usd:.4f}"
 
 
 def _parse_status(value: str) -> RunStatus:
