@@ -203,9 +203,6 @@ async def test_keys_are_checked_after_terminated_backends(
     assert (await keys.revoke(key.id)).revoked_at is not None
 
 
-INTERNAL = re.compile(r"internal error \(id ([0-9a-f]{12})\): see the worker log")
-
-
 async def test_an_unexpected_database_error_is_shown_as_an_id_never_as_sql(
     isolated_engine: Engine, scripted: ScriptedModel, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -213,22 +210,49 @@ async def test_an_unexpected_database_error_is_shown_as_an_id_never_as_sql(
         await conn.execute(sa.text("ALTER TABLE am_budget_holds RENAME TO am_budget_holds_gone"))
     with caplog.at_level(logging.ERROR):
         run, events = await asyncio.wait_for(run_yaml(isolated_engine, project()), 60)
+    assert_shown_as_an_id(run, events, await isolated_engine.store.steps(run.id), caplog)
+    assert run.error is not None
+    assert run.error.startswith("step 's1' failed: internal error (id ")
+
+
+async def test_a_fallback_chain_records_unexpected_errors_as_ids(
+    sqlite_engine: Engine, scripted: ScriptedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with sqlite_engine.store.engine.begin() as conn:
+        await conn.execute(sa.text("ALTER TABLE am_budget_holds RENAME TO am_budget_holds_gone"))
+    agent = AGENT.replace("retries: 0", "retries: 0, fallback: [anthropic:claude-sonnet-4-5]")
+    with caplog.at_level(logging.ERROR):
+        run, events = await asyncio.wait_for(run_yaml(sqlite_engine, project(agent)), 60)
+    steps = await sqlite_engine.store.steps(run.id)
+    assert_shown_as_an_id(run, events, steps, caplog)
+    (failed,) = [s for s in steps if s.status == "failed"]
+    assert failed.details is not None
+    assert [entry["model"] for entry in failed.details["fallback"]] == [
+        "openai:gpt-4o",
+        "anthropic:claude-sonnet-4-5",
+    ]
+
+
+def assert_shown_as_an_id(
+    run: Any, events: list[Any], steps: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing users see holds SQL; each id shown is logged once with the exception."""
     assert run.status is RunStatus.FAILED
-    shown = [run.error or ""]
-    shown += [str(e.data) for e in events]
-    shown += [s.error or "" for s in await isolated_engine.store.steps(run.id)]
+    shown = [run.error or "", *(str(e.data) for e in events)]
+    shown += [f"{s.error} {s.details}" for s in steps]
     for text in shown:
         assert "am_budget" not in text, text
         assert "INSERT" not in text, text
-    found = INTERNAL.search(run.error or "")
-    assert found is not None, run.error
-    assert run.error == f"step 's1' failed: internal error (id {found[1]}): see the worker log"
-    failed = next(e for e in events if e.kind == "step_failed")
-    assert found[1] in failed.data["error"]
-    logged = [r for r in caplog.records if found[1] in r.getMessage()]
-    assert len(logged) == 1
-    assert logged[0].exc_info is not None
-    assert "am_budget_holds" in str(logged[0].exc_info[1])  # the details are in the log
+    ids = set(INTERNAL_ID.findall(" ".join(shown)))
+    assert ids, run.error
+    for error_id in ids:
+        logged = [r for r in caplog.records if error_id in r.getMessage()]
+        assert len(logged) == 1
+        assert logged[0].exc_info is not None
+        assert "am_budget_holds" in str(logged[0].exc_info[1])  # the details are in the log
+
+
+INTERNAL_ID = re.compile(r"internal error \(id ([0-9a-f]{12})\): see the worker log")
 
 
 class DatabaseProxy:

@@ -20,15 +20,18 @@ first attempt of a call in an execution: a resumed run tries the agent's own mod
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentmill.agents.base import Agent, StepContext, StepRequest, StepResult
-from agentmill.errors import ProviderError
+from agentmill.errors import ProviderError, shown_error
 from agentmill.policy.breaker import BreakerAgent, CircuitOpen
 from agentmill.policy.retry import AttemptNote, current_note, retryable
 
 __all__ = ["AllModelsFailed", "FallbackAgent", "with_fallbacks"]
+
+logger = logging.getLogger("agentmill.policy")
 
 _MAX_ERROR_CHARS = 300
 
@@ -79,7 +82,9 @@ class FallbackAgent(Agent):
                 self._failed(progress, "timed out", note)
                 raise
             except Exception as exc:  # noqa: BLE001 - always raised again, or replaced
-                raise self._failure(request.key, progress, exc, note)  # noqa: B904
+                # Recorded in the step's details: an unexpected error only by its id.
+                shown = shown_error(exc, log=logger, doing=f"step {request.key} on {label}")
+                raise self._failure(request.key, progress, shown, note)  # noqa: B904
             del self._progress[request.key]
             if progress.tried:
                 result = replace(result, details={**result.details, "fallback": progress.tried})
