@@ -173,7 +173,9 @@ def _settings_message(exc: ValidationError) -> str:
 
 
 def _hides_value(name: str, field: FieldInfo) -> bool:
-    return name in _HIDDEN_VALUES or SecretStr in (field.annotation, *get_args(field.annotation))
+    if name in _HIDDEN_VALUES or is_secret_name(name):
+        return True
+    return SecretStr in (field.annotation, *get_args(field.annotation))
 
 
 def _shown(value: Any) -> str:
