@@ -371,10 +371,11 @@ agents:
     runtime: cli
     command: ["{PYTHON}", "-c", "{code}"]
     repo: {repo}
+    retries: 1
 workflows:
   w:
     steps:
-      - {{id: s, agent: broken, prompt: go}}
+      - {{id: s, agent: broken, prompt: go, backoff: 10ms}}
 """
     final, steps = await _run(sqlite_engine, config)
     assert final.status is RunStatus.FAILED
@@ -384,8 +385,10 @@ workflows:
     assert cli["stderr_tail"] == ["no key found"]
     assert cli["files"] == ["half.txt"]
     assert "limit" not in cli
-    failed = [e for e in await sqlite_engine.store.events(final.id) if e.kind == "step_failed"]
-    assert failed[0].data["details"]["cli"]["exit_code"] == 3
+    events = await sqlite_engine.store.events(final.id)
+    for kind in ("step_retrying", "step_failed"):  # every failed attempt says how it ended
+        (event,) = [e for e in events if e.kind == kind]
+        assert event.data["details"]["cli"]["exit_code"] == 3, kind
 
 
 async def test_a_timed_out_step_records_its_cli_details(

@@ -156,7 +156,9 @@ async def run_call(
                 emitter=emitter,
             )
         retry_number = 0 if note.switching else retry_number + 1
-        await _before_retry(call, attempt, error, note, retry_number, emitter=emitter)
+        await _before_retry(
+            call, attempt, error, note, retry_number, details=noted, emitter=emitter
+        )
 
 
 async def _before_retry(
@@ -166,9 +168,11 @@ async def _before_retry(
     note: AttemptNote,
     retry_number: int,
     *,
+    details: dict[str, Any],
     emitter: RunEmitter,
 ) -> None:
-    """Say that `attempt` failed and wait before the next one (at once on another model)."""
+    """Say that `attempt` failed (with what its agent noted about it) and wait before the
+    next one (at once on another model)."""
     if note.switching:
         delay = 0.0
     else:
@@ -182,6 +186,7 @@ async def _before_retry(
         error_kind=_kind(error),
         delay=round(delay, 3),
         **({"next_model": note.next_model} if note.next_model else {}),
+        **({"details": details} if details else {}),
     )
     await asyncio.sleep(delay)
 
