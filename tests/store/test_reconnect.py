@@ -191,16 +191,20 @@ async def test_an_approval_decided_after_terminated_backends_goes_on(
 
 
 @pytest.mark.postgres
-async def test_keys_are_checked_after_terminated_backends(
-    pg_engine: Engine, fresh_pg_url: str
-) -> None:
-    keys = KeyStore(pg_engine.store.engine)
-    key, secret = await keys.create(tenant="acme", role=Role.OPERATOR)
-    assert await keys.verify(secret) == key
-    terminate_backends(fresh_pg_url)
-    assert await keys.verify(secret) == key
-    terminate_backends(fresh_pg_url)
-    assert (await keys.revoke(key.id)).revoked_at is not None
+async def test_keys_are_checked_after_terminated_backends(fresh_pg_url: str) -> None:
+    from agentmill.store import Store
+
+    store = await Store.open(fresh_pg_url)
+    try:
+        keys = KeyStore(store.engine)
+        key, secret = await keys.create(tenant="acme", role=Role.OPERATOR)
+        assert await keys.verify(secret) == key
+        terminate_backends(fresh_pg_url)
+        assert await keys.verify(secret) == key
+        terminate_backends(fresh_pg_url)
+        assert (await keys.revoke(key.id)).revoked_at is not None
+    finally:
+        await store.close()
 
 
 async def test_an_unexpected_database_error_is_shown_as_an_id_never_as_sql(
@@ -306,7 +310,8 @@ async def test_stores_wait_for_a_restarting_database(fresh_pg_url: str) -> None:
     proxy = DatabaseProxy()
     await proxy.up()
     engine = create_engine(proxy.url(fresh_pg_url))
-    budgets = BudgetStore(create_sync_engine(proxy.url(fresh_pg_url), fast=True))
+    blocking = create_sync_engine(proxy.url(fresh_pg_url), fast=True)
+    budgets = BudgetStore(blocking)
     keys = KeyStore(engine)
     try:
         key, secret = await keys.create(tenant="acme", role=Role.OPERATOR)
@@ -322,4 +327,5 @@ async def test_stores_wait_for_a_restarting_database(fresh_pg_url: str) -> None:
         assert await budgets.settle(hold, usd=0.05, tokens=1)
     finally:
         await engine.dispose()
+        blocking.dispose()
         await proxy.down()
