@@ -9,7 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from agentmill.cli.app import app
 from tests.cli.conftest import Cli
 from tests.servers import free_port
 
@@ -90,14 +92,19 @@ COMMANDS = [
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda command: " ".join(command[:2]))
-def test_every_command_names_an_invalid_setting_and_its_form(cli: Cli, command: list[str]) -> None:
-    _config(cli)
+def test_every_command_names_an_invalid_setting_and_its_form(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In-process on the real app: settings are checked before a command does anything.
+    monkeypatch.chdir(tmp_path)
     command = [str(free_port()) if part == "0" else part for part in command]
-    cli.env["AGENTMILL_HEARTBEAT_INTERVAL"] = "abc"
-    output = _failed_cleanly(cli.run(*command, timeout=60))
+    result = CliRunner().invoke(app, command, env={"AGENTMILL_HEARTBEAT_INTERVAL": "abc"})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
     assert (
         "AGENTMILL_HEARTBEAT_INTERVAL=abc is not valid: expected a number of seconds, more than 0"
-        in output
+        in " ".join(result.stderr.split())
     )
 
 
