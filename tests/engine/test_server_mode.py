@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import Any
 
 import pytest
 
@@ -212,3 +213,56 @@ async def _run_of(settings: Settings, run_id: str) -> RunRecord:
         return await store.get_run(run_id)
     finally:
         await store.close()
+
+
+async def test_a_run_resumed_while_its_cancelled_execution_still_ends_stays_in_hand(
+    worker: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume is accepted as soon as the cancel is recorded, while the cancelled
+    execution in this process is still ending (releasing holds, DBOS recording it). The
+    new execution must not be forgotten when the old one ends: it is heartbeated and can
+    be cancelled (it once ran on unwatched, and was adopted a second time)."""
+    from agentmill.engine import execution
+
+    ending, finish = asyncio.Event(), asyncio.Event()
+    release = execution.release_run_holds
+
+    async def held_release(*args: Any, **kwargs: Any) -> None:
+        if not ending.is_set():  # the cancelled execution: hold it after its end is recorded
+            ending.set()
+            await finish.wait()
+        await release(*args, **kwargs)
+
+    monkeypatch.setattr(execution, "release_run_holds", held_release)
+    executor = worker._executor  # pyright: ignore[reportPrivateUsage]
+    assert executor is not None
+    resumed, execute = asyncio.Event(), executor.execute
+
+    async def noting_execute(run_id: str) -> dict[str, Any]:
+        if ending.is_set():
+            resumed.set()
+        return await execute(run_id)
+
+    monkeypatch.setattr(executor, "execute", noting_execute)
+    model = ScriptedModel(latency=0.3)
+    project = load_project_text(CHAIN, "w.yaml").spec
+    try:
+        with override_models(model.model):
+            run = await worker.submit(project, "w", {})
+            async with asyncio.timeout(20):
+                while not model.calls:
+                    await asyncio.sleep(0.02)
+            cancelled = executor.active[run.id]
+            await worker.cancel(run.id)
+            await ending.wait()
+            assert (await worker.store.get_run(run.id)).status is RunStatus.CANCELLED
+            await worker.resume(run.id)
+            await asyncio.wait_for(resumed.wait(), 20)  # dequeued here, old one still ending
+            finish.set()
+            await asyncio.wait({cancelled})
+            assert worker.executes(run.id), "the resumed execution was forgotten"
+            await worker.cancel(run.id)
+            final = await asyncio.wait_for(worker.wait(run.id), 20)
+    finally:
+        await worker.stop()
+    assert final.status is RunStatus.CANCELLED

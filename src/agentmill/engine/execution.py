@@ -63,13 +63,18 @@ class RunExecutor:
         self.stopping = False
 
     async def execute(self, run_id: str) -> dict[str, Any]:
+        try:
+            await self._previous_ended(run_id)
+        except asyncio.CancelledError:
+            await self._give_back(run_id)
+            raise
         if self.stopping:
             await self._give_back(run_id)
             raise asyncio.CancelledError  # started during shutdown: not executed here
         task = asyncio.current_task()
         assert task is not None
         self.active[run_id] = task
-        task.add_done_callback(lambda _: self._forget(run_id))
+        task.add_done_callback(lambda done: self._forget(run_id, done))
         current_run.set(run_id)
         try:
             run = await self._store.get_run_any(run_id)
@@ -126,8 +131,18 @@ class RunExecutor:
             auto_resume=True,
         )
 
-    def _forget(self, run_id: str) -> None:
-        self.active.pop(run_id, None)
+    async def _previous_ended(self, run_id: str) -> None:
+        """Wait until the run's previous execution here has ended. A resume (or an
+        adoption) is accepted once a cancelled or interrupted execution has recorded its
+        end, while it may still be releasing holds and DBOS recording it: one execution
+        per run at a time keeps the run's bookkeeping (heartbeats, cancels) the new one's."""
+        while (previous := self.active.get(run_id)) is not None:
+            await asyncio.wait({previous})
+
+    def _forget(self, run_id: str, task: asyncio.Task[Any]) -> None:
+        if self.active.get(run_id) is not task:
+            return  # a later execution of the run owns the bookkeeping now
+        self.active.pop(run_id)
         self.taken.discard(run_id)
         self._cancelling.discard(run_id)
         self._finishing.discard(run_id)
