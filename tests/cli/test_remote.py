@@ -53,6 +53,12 @@ workflows:
       - {id: b, agent: writer, needs: [a], prompt: "slow b {{ inputs.topic }}"}
       - {id: c, agent: writer, needs: [b], prompt: "slow c {{ inputs.topic }}"}
       - {id: d, agent: writer, needs: [c], prompt: "slow d {{ inputs.topic }}"}
+  held:
+    inputs: {topic: {type: string}}
+    steps:
+      - {id: one, agent: writer, prompt: "hold one {{ inputs.topic }}"}
+      - {id: two, agent: writer, needs: [one], prompt: "two {{ inputs.topic }}"}
+      - {id: three, agent: writer, needs: [two], prompt: "three {{ inputs.topic }}"}
   gated:
     inputs: {topic: {type: string}}
     steps:
@@ -124,6 +130,10 @@ class Server:
         if not self.call_log.exists():
             return []
         return [line.removeprefix("start ") for line in self.call_log.read_text().splitlines()]
+
+    def release(self, topic: str) -> None:
+        """Let the held calls of this topic answer (see tests/fixtures/scripted_serve.py)."""
+        self.call_log.with_name(f"release-{topic}").touch()
 
     def wait_for_call(self, text: str) -> None:
         deadline = time.monotonic() + 30
@@ -279,9 +289,9 @@ def test_logs_follow_streams_a_live_run_to_its_end(server: Server, client: Clien
 
 def test_cancel_then_resume_finishes_the_run(server: Server, client: Client) -> None:
     topic = _topic()
-    runner = client.start("run", "-", "slow", "-i", f"topic={topic}")
+    runner = client.start("run", "-", "held", "-i", f"topic={topic}")
     run_id = _started_id(runner)
-    server.wait_for_call(f"slow one {topic}")
+    server.wait_for_call(f"hold one {topic}")  # held until released: the cancel comes first
     cancelled = client.run("runs", "cancel", run_id)
     assert cancelled.returncode == 0, cancelled.stderr
     _, stderr = runner.communicate(timeout=60)
@@ -289,12 +299,22 @@ def test_cancel_then_resume_finishes_the_run(server: Server, client: Client) -> 
     assert f"run {run_id} cancelled" in stderr
     assert client.json("runs", "show", run_id, "--json")["status"] == "cancelled"
 
+    server.release(topic)
     resumed = client.run("runs", "resume", run_id, "--json")
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
     assert result["status"] == "succeeded"
-    assert result["outputs"] == {"three": f"done slow three {topic}"}
+    assert result["outputs"] == {"three": f"done three {topic}"}
     assert [s["status"] for s in result["steps"]] == ["succeeded"] * 3
+
+    # Following its log goes past the cancellation to the end of the resumed run.
+    followed = client.run("runs", "logs", run_id, "--follow")
+    assert followed.returncode == 0, followed.stderr
+    assert followed.stdout == client.run("runs", "logs", run_id).stdout
+    kinds = [json.loads(line)["kind"] for line in followed.stdout.splitlines()]
+    assert [k for k in kinds if k.startswith("run_")] == [
+        "run_started", "run_finished", "run_resumed", "run_finished"
+    ]  # fmt: skip
 
 
 def test_ctrl_c_stops_following_and_the_run_goes_on_on_the_server(
@@ -334,6 +354,9 @@ def test_following_goes_on_through_a_server_restart(server: Server, client: Clie
     out, _ = runner.communicate(timeout=90)
     assert runner.returncode == 0
     assert f"done slow d {topic}" in out
+    # Followed afterwards, the log goes past the interruption to the end.
+    again = client.run("runs", "logs", run_id, "--follow")
+    assert [json.loads(line) for line in again.stdout.splitlines()] == events, again.stderr
 
 
 def test_approve_decides_a_gate_on_the_server(server: Server, client: Client) -> None:
@@ -469,15 +492,30 @@ async def test_follow_reconnects_after_the_last_event_seen_without_loss_or_repea
         resumed_after.append(request.headers.get("last-event-id"))
         if len(resumed_after) == 1:
             return httpx.Response(200, stream=_AsyncBody(dropped_after_two()))
-        # the server sends one event again (e.g. written as the connection dropped)
-        return httpx.Response(200, content=_event(2) + _event(3) + _event(4, "run_finished"))
+        if len(resumed_after) == 2:
+            # the server sends one event again (e.g. written as the connection dropped)
+            return httpx.Response(200, content=_event(2) + _event(3) + _event(4, "run_finished"))
+        return httpx.Response(204)  # the run has ended and nothing came after 4
 
     transport = httpx.MockTransport(handler)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         remote = RemoteClient(http, "http://test")
         seen = [event.seq async for event in remote.follow("r1")]
     assert seen == [1, 2, 3, 4]
-    assert resumed_after == ["0", "2"]
+    assert resumed_after == ["0", "2", "4"]
+
+
+async def test_follow_goes_on_after_a_terminal_event_until_the_server_says_the_run_ended() -> None:
+    answers = [
+        httpx.Response(200, content=_event(1, "run_interrupted")),
+        httpx.Response(200, content=_event(2, "run_resumed") + _event(3, "run_finished")),
+        httpx.Response(204),
+    ]
+    transport = httpx.MockTransport(lambda request: answers.pop(0))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        seen = [event.kind async for event in RemoteClient(http, "http://test").follow("r1")]
+    assert seen == ["run_interrupted", "run_resumed", "run_finished"]
+    assert answers == []
 
 
 class _AsyncBody(httpx.AsyncByteStream):

@@ -76,7 +76,8 @@ class RunsClient(Protocol):
     async def events(self, run_id: str, *, after: int = 0) -> list[EventRecord]: ...
 
     def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[EventRecord]:
-        """History after `after`, then live events, until the run's terminal event."""
+        """History after `after`, then live events, until the run has ended for good
+        (past the `run_finished` / `run_interrupted` of executions it was resumed from)."""
         ...
 
     async def last_seq(self, run_id: str) -> int: ...

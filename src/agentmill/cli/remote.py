@@ -2,8 +2,9 @@
 
 Records are rebuilt from the API's JSON so the live view and the reports are the same code
 as in local mode (fields the API does not return, such as a run's owner, are left empty).
-Events are followed over Server-Sent Events, reconnecting with `Last-Event-ID` when the
-connection drops (a server restart loses or repeats no event).
+Events are followed over Server-Sent Events until the server answers 204 (the run has
+ended for good), reconnecting with `Last-Event-ID` whenever a stream ends (a server
+restart loses or repeats no event).
 Errors map back to the CLI's own: 404 NotFoundError, 409 InvalidStateError, 422 InputError,
 401/403 a UserError naming the fix. The API key is sent only as a header, never shown.
 """
@@ -50,17 +51,18 @@ __all__ = ["RemoteClient", "ServerUnreachable"]
 _TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 _STREAM_TIMEOUT = httpx.Timeout(30.0, connect=5.0, read=60.0)
 """The server sends a keepalive comment every 15 s; a minute of silence is a dead stream."""
-_TERMINAL = frozenset({"run_finished", "run_interrupted"})
 _RECONNECTS = 8
 _MAX_BACKOFF = 5.0
 _MAX_RETRY_AFTER = 30.0
 _PAGE = 200
-_TAKEOVER_POLLS = 10
-_TAKEOVER_POLL_SECONDS = 0.5
 
 
 class ServerUnreachable(UserError):
     """The server at AGENTMILL_URL did not answer (refused, timed out, reset)."""
+
+
+class _RunEnded(Exception):
+    """The server answered 204 to a stream: the run has ended and nothing is left to send."""
 
 
 class _RetryLater(UserError):
@@ -368,38 +370,35 @@ class RemoteClient:
         return f"stopped following; it continues on the server\n{closing_line(following)}"
 
     async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[EventRecord]:
-        """Events over SSE until the terminal one, reconnecting after the last one seen.
+        """Events over SSE until the run ends, reconnecting after the last one seen.
 
-        A run interrupted by a server shutdown while we were following it is continued by
-        the next server: when it is taken over, following goes on through the restart.
+        The server keeps a stream open until the run has ended for good (through a resume,
+        or the adoption of a dead worker's run); a stream also ends when its server shuts
+        down. Whenever one ends we reconnect with `Last-Event-ID`, so the server decides:
+        it answers 204 once the run has ended and we have seen its last event.
         """
-        last, failures, dropped = after, 0, False
+        last, failures = after, 0
         while True:
             wait: float | None = None
-            terminal: str | None = None
+            progressed = False
             try:
                 async with contextlib.aclosing(self._stream(run_id, after=last)) as stream:
                     async for event in stream:
                         if event.seq <= last:
                             continue  # already delivered before a reconnect
-                        last, failures = event.seq, 0
+                        last, failures, progressed = event.seq, 0, True
                         yield event
-                        if event.kind in _TERMINAL:
-                            terminal = event.kind
-                            break
-                if terminal is not None:
-                    if dropped and await self._taken_over(run_id, terminal):
-                        continue  # its next events come on a new stream
-                    return
-                if not await self._may_progress(run_id):
-                    return
+                if progressed:
+                    continue  # it ended after new events: ask again at once
                 error: AgentmillError = InvalidStateError(
-                    f"the event stream of run {run_id} ended before the run did; "
+                    f"the event stream of run {run_id} keeps ending before the run does; "
                     f"follow it again with: agentmill runs logs --follow {run_id}"
                 )
+            except _RunEnded:
+                return
             except (_RetryLater, ServerUnreachable, httpx.TransportError) as exc:
                 error, wait = self._dropped(exc)
-            dropped, failures = True, failures + 1
+            failures += 1
             if failures > _RECONNECTS:
                 raise error
             await asyncio.sleep(wait if wait is not None else _backoff(failures))
@@ -413,25 +412,16 @@ class RemoteClient:
         assert isinstance(exc, AgentmillError)
         return exc, None
 
-    async def _taken_over(self, run_id: str, terminal: str) -> bool:
-        """After a dropped stream, whether a `run_interrupted` came from a server shutdown
-        and the run was continued since (by the restarted server or another one)."""
-        if terminal != "run_interrupted":
-            return False
-        for _ in range(_TAKEOVER_POLLS):
-            with contextlib.suppress(ServerUnreachable):
-                if (await self.get_run(run_id)).status is not RunStatus.INTERRUPTED:
-                    return True
-            await asyncio.sleep(_TAKEOVER_POLL_SECONDS)
-        return False
-
     async def _stream(self, run_id: str, *, after: int) -> AsyncGenerator[EventRecord]:
-        """One SSE connection's events; ends when the server closes the stream."""
+        """One SSE connection's events; ends when the server closes the stream, raises
+        `_RunEnded` when it answers that the run has nothing more (204)."""
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(after)}
         path = _runs(run_id, "events")
         async with self._http.stream(
             "GET", path, headers=headers, timeout=_STREAM_TIMEOUT
         ) as response:
+            if response.status_code == 204:
+                raise _RunEnded
             if not response.is_success:
                 await response.aread()
                 raise error_for(response)
@@ -440,10 +430,6 @@ class RemoteClient:
                 frame = parser.feed(line)
                 if frame is not None:
                     yield event_from_json(json.loads(frame.data))
-
-    async def _may_progress(self, run_id: str) -> bool:
-        run = await self.get_run(run_id)
-        return run.status in {RunStatus.PENDING, RunStatus.RUNNING}
 
 
 def _runs(run_id: str, *rest: str) -> str:

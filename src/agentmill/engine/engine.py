@@ -28,7 +28,7 @@ from agentmill.engine.approvals import (
 from agentmill.engine.drain import Drain
 from agentmill.engine.events import EventBus
 from agentmill.engine.execution import RunExecutor, emitter_for, record_cancelled
-from agentmill.engine.liveness import Owner, owner_alive
+from agentmill.engine.liveness import Owner, owner_alive, run_settled
 from agentmill.engine.plan import RunPlan, build_plan, downstream_of
 from agentmill.errors import InputError, InvalidStateError, NotFoundError
 from agentmill.policy.cache import check_cache_secret, close_response_cache
@@ -356,29 +356,35 @@ class Engine:
     async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[EventRecord]:
         """The run's events from `after` on: history first, then live, until it ends.
 
-        Live events come from this process's bus; gaps (and runs executing in another
-        process) are filled from the database.
+        A run ends when nothing will continue it (`run_settled`), not at the first
+        `run_finished` / `run_interrupted`: a resumed run goes on after one, and a served
+        run whose worker died goes on when another worker adopts it. Live events come from
+        this process's bus; gaps (and runs executing in another process) are filled from
+        the database.
         """
         queue = self.bus.subscribe(run_id)
         try:
             last = after
             await self.store.journal.commit()
-            for event in await self.store.events(run_id, after=last):
-                last = event.seq
-                yield event
-                if event.kind in TERMINAL_EVENTS:
-                    return
-            while True:
-                backlog = await self._next_events(queue, run_id, last)
-                if backlog is None:
-                    return
+            backlog: list[EventRecord] | None = await self.store.events(run_id, after=last)
+            while backlog is not None:
                 for event in backlog:
                     last = event.seq
                     yield event
-                    if event.kind in TERMINAL_EVENTS:
+                    if event.kind in TERMINAL_EVENTS and await self._ends_with(run_id, last):
                         return
+                backlog = await self._next_events(queue, run_id, last)
         finally:
             self.bus.unsubscribe(run_id, queue)
+
+    async def _ends_with(self, run_id: str, seq: int) -> bool:
+        """Whether the terminal event `seq` is the run's last: nothing came after it and
+        nothing will continue the run (its status is written with that event)."""
+        await self.store.journal.commit()
+        run = await self.store.get_run_any(run_id)
+        if not run_settled(run, heartbeat_interval=self.settings.heartbeat_interval):
+            return False
+        return await self.store.last_seq(run_id) <= seq
 
     async def _next_events(
         self, queue: asyncio.Queue[EventRecord], run_id: str, last: int
@@ -386,10 +392,7 @@ class Engine:
         """The events after `last`, waiting briefly; None when the run cannot progress."""
         live = await _next_live(queue)
         if live is not None and live.seq == last + 1:
-            batch = _consecutive(queue, live)
-            if batch[-1].kind in TERMINAL_EVENTS:
-                await self.store.journal.commit()  # the run's final state, written with it
-            return batch
+            return _consecutive(queue, live)
         if live is not None and live.seq <= last:
             return []
         if live is None and self._executes_here(run_id):
@@ -412,14 +415,12 @@ class Engine:
         if self.executes(run_id):
             return True
         run = await self.store.get_run_any(run_id)
-        if run.owner == self.owner.executor_id:
+        if run.owner == self.owner.executor_id and not run.served:
             return False  # ours, yet neither pending nor executing here: nothing will move it
-        if run.owner is None and run.status is RunStatus.PENDING:
-            return True  # queued for a server worker
-        return owner_alive(run, heartbeat_interval=self.settings.heartbeat_interval)
+        return not run_settled(run, heartbeat_interval=self.settings.heartbeat_interval)
 
     async def wait(self, run_id: str) -> RunRecord:
-        """Wait until the run's current execution ends, then return the run."""
+        """Wait until the run has ended for good (as `follow`), then return the run."""
         if await self._may_progress(run_id):
             async for _ in self.follow(run_id, after=await self.store.last_seq(run_id)):
                 pass

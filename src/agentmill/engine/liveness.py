@@ -1,4 +1,5 @@
-"""Whether the process that owns a run is still alive (for resume and status display)."""
+"""Whether the process that owns a run is still alive (for resume and status display), and
+whether anything will continue a run on its own (for followers)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 from agentmill.store import RunRecord, RunStatus
 
-__all__ = ["Owner", "owner_alive"]
+__all__ = ["Owner", "owner_alive", "run_settled"]
 
 HEARTBEAT_GRACE = 3.0
 """A run whose owner missed this many heartbeat intervals is taken as orphaned."""
@@ -48,6 +49,22 @@ def owner_alive(run: RunRecord, *, heartbeat_interval: float) -> bool:
         return False
     beat = run.heartbeat_at or 0.0
     return time.time() - beat < HEARTBEAT_GRACE * heartbeat_interval
+
+
+def run_settled(run: RunRecord, *, heartbeat_interval: float) -> bool:
+    """True when nothing will move the run on unless someone asks (`runs resume`).
+
+    Finished runs are settled. A run of an `agentmill serve` worker is not while it waits
+    for a worker, executes, or lost its worker (dead or shut down): a live worker adopts it
+    (engine/recovery.py). Any other interrupted run, or one whose process is gone, is.
+    """
+    if run.status.finished:
+        return True
+    if run.status is RunStatus.INTERRUPTED:
+        return not (run.served and run.auto_resume)
+    if run.served:
+        return False
+    return not owner_alive(run, heartbeat_interval=heartbeat_interval)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,9 +1,12 @@
 """/v1 run events: JSON history, a live Server-Sent Events stream, and a WebSocket.
 
-Both streams send history first, then live events, and end after `run_finished` or
-`run_interrupted`. They check the run belongs to the caller's tenant before anything is
-sent, hold one of the key's stream slots while open, and end early when the server
-starts shutting down (clients reconnect from the last sequence number they saw).
+Both streams send history first, then live events, and end when the run has ended for
+good: after its last `run_finished` / `run_interrupted`, once nothing will continue it (a
+resumed run goes on after one; a served run whose worker died or stopped stays open, with
+keepalives, until another worker adopts it and goes on). They check the run belongs to
+the caller's tenant before anything is sent, hold one of the key's stream slots while
+open, and end early when the server starts shutting down (clients reconnect from the last
+sequence number they saw).
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
 from pydantic import BaseModel, Field
 
+from agentmill.engine.liveness import run_settled
 from agentmill.errors import AgentmillError, NotFoundError
 from agentmill.server import sse
 from agentmill.server.auth import Principal, Viewer
 from agentmill.server.problems import PROBLEM_RESPONSES, ApiProblem
 from agentmill.server.schemas import RunId
 from agentmill.server.services import Services, services
-from agentmill.store import EventRecord, RunRecord, RunStatus
+from agentmill.store import EventRecord, RunRecord
 from agentmill.store.keys import Role
 
 __all__ = ["WS_CLOSE_CODES", "EventOut", "EventPage", "router"]
@@ -30,7 +34,7 @@ __all__ = ["WS_CLOSE_CODES", "EventOut", "EventPage", "router"]
 router = APIRouter(tags=["events"])
 
 WS_CLOSE_CODES = {
-    1000: "the run ended (after run_finished or run_interrupted)",
+    1000: "the run ended for good (after its last run_finished or run_interrupted)",
     1001: "the server is shutting down: reconnect with ?after=<last seq>",
     1008: "no valid API key, or its role may not read events",
     4404: "no such run for this key's tenant",
@@ -101,7 +105,9 @@ _WS_DESCRIPTION = (
     responses=_STREAM_RESPONSES,
     description=(
         "With `Accept: text/event-stream`: the events after `Last-Event-ID` (or `after`), "
-        "history first, then live, ending after `run_finished` / `run_interrupted`; "
+        "history first, then live, ending once the run has ended for good (after its last "
+        "`run_finished` / `run_interrupted`: a resumed run goes on after one, and a run "
+        "whose worker died stays open until another worker adopts it); "
         "`: keepalive` comments every 15 s while idle; the stream ends early when the "
         "server shuts down (reconnect with `Last-Event-ID`). Otherwise the recorded events "
         "after `after` as JSON.\n\n" + _WS_DESCRIPTION
@@ -152,11 +158,10 @@ async def _history(app: Services, run_id: str, *, after: int, limit: int | None)
 
 async def _nothing_more(app: Services, run: RunRecord, after: int) -> bool:
     """Whether the run has ended for good and the client already saw its last event.
-    (A run interrupted by a server shutdown is continued by the next server.)"""
-    interrupted_for_good = run.status is RunStatus.INTERRUPTED and not run.auto_resume
-    if not (run.status.finished or interrupted_for_good):
+    (A served run that was interrupted or lost its worker is continued by another worker.)"""
+    if not run_settled(run, heartbeat_interval=app.engine.settings.heartbeat_interval):
         return False
-    return after > 0 and await app.engine.store.last_seq(run.id) <= after
+    return await app.engine.store.last_seq(run.id) <= after
 
 
 def _refuse_when_stopping(app: Services) -> None:
