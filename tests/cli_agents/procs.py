@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["Proc", "marked", "processes", "session", "until", "zombie_children"]
+__all__ = ["Proc", "marked", "new_marker", "processes", "session", "until", "zombie_children"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,12 @@ def processes() -> Iterator[Proc]:
     for name in os.listdir("/proc"):
         if name.isdigit() and (proc := _read(int(name))) is not None:
             yield proc
+
+
+def new_marker() -> str:
+    """A marker for the command lines of one test's processes, unique across test sessions
+    (the whole suite may run twice at once on one machine)."""
+    return f"marker-{uuid.uuid4().hex}"
 
 
 def marked(marker: str) -> list[Proc]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tests.cli.conftest import Cli
 from tests.cli_agents.gitrepo import make_repo
-from tests.cli_agents.procs import marked
+from tests.cli_agents.procs import marked, new_marker
 
 CONFIG = """
 agents:
@@ -121,10 +121,8 @@ def _resume_and_check(cli: Cli, run_id: str, log: Path, hung: dict[str, Any]) ->
     assert steps["second"]["details"]["diff"]["files"] == ["notes.txt"]
 
 
-def test_ctrl_c_during_a_cli_step_ends_the_tool_and_the_run_can_resume(
-    cli: Cli, tmp_path: Path
-) -> None:
-    marker = f"marker-{tmp_path.name}"
+def test_ctrl_c_during_a_cli_step_ends_the_tool_and_the_run_can_resume(cli: Cli) -> None:
+    marker = new_marker()
     hang = Path(__file__).resolve().parents[1] / "fixtures" / "fake_cli" / "hang.py"
     (cli.cwd / "agentmill.yaml").write_text(f"""
 agents:

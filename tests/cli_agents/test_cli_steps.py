@@ -17,7 +17,7 @@ from agentmill.spec.loader import load_project_text
 from agentmill.store import RunStatus, StepRecord
 from tests.cli_agents.conftest import fake_script
 from tests.cli_agents.gitrepo import git
-from tests.cli_agents.procs import marked
+from tests.cli_agents.procs import marked, new_marker
 
 PYTHON = sys.executable
 
@@ -172,7 +172,7 @@ workflows:
 async def test_cancelling_a_run_kills_the_whole_process_group(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
-    marker = f"marker-{tmp_path.name}"
+    marker = new_marker()
     project = load_project_text(_stubborn(marker, tmp_path), "t.yaml").spec
     run = await sqlite_engine.submit(project, "w", {})
     for _ in range(200):
@@ -217,7 +217,7 @@ workflows:
 async def test_a_step_past_its_timeout_leaves_no_process_behind(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
-    marker = f"marker-{tmp_path.name}"
+    marker = new_marker()
     final, steps = await _run(sqlite_engine, _stubborn(marker, tmp_path, "timeout: 1s"))
     assert final.status is RunStatus.FAILED
     assert "timed out after 1s" in (steps["s"].error or "")
@@ -394,7 +394,7 @@ workflows:
 async def test_a_timed_out_step_records_its_cli_details(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
-    marker = f"marker-{tmp_path.name}"
+    marker = new_marker()
     final, steps = await _run(sqlite_engine, _stubborn(marker, tmp_path, "timeout: 1s"))
     assert final.status is RunStatus.FAILED
     cli = (steps["s"].details or {})["cli"]
@@ -439,7 +439,7 @@ workflows:
 async def test_a_grandchild_that_left_the_session_ends_with_the_step(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
-    marker = f"--marker=marker-{tmp_path.name}"
+    marker = f"--marker={new_marker()}"
     config = f"""
 agents:
   leaky:
