@@ -283,3 +283,29 @@ def test_options_and_405_name_every_method_of_the_path(live: Live) -> None:
             if refused.status_code != 405 or refused.headers["content-type"] != PROBLEM:
                 wrong.append(f"DELETE {path}: {refused.status_code} {refused.text[:100]}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_every_json_body_nested_too_deep_is_a_400(live: Live) -> None:
+    """One limit for every JSON body the server reads, whatever the route does with it
+    (the GitHub webhook checks its signature first: tests/server/test_webhooks.py)."""
+    doc = live.app.openapi()
+    wrong: list[str] = []
+    with asgi.get_client(_asgi(live.app)) as client:
+        for template, operations in doc["paths"].items():
+            if template.startswith("/v1/webhooks/"):
+                continue
+            path = _fill(template, {"run_id": live.run_id, **REAL_VALUES})
+            for method, operation in operations.items():
+                if "application/json" not in operation.get("requestBody", {}).get("content", {}):
+                    continue
+                for depth in (65, 900, 100_000):
+                    body = b'{"workflow": "echo", "inputs": {"x": ' + b"[" * depth
+                    body += b"]" * depth + b"}}"
+                    headers = {**live.headers, "Content-Type": "application/json"}
+                    response = client.request(method, path, data=body, headers=headers)
+                    problem_type = response.json().get("type", "")
+                    if response.status_code != 400 or not problem_type.endswith(":too-deep"):
+                        wrong.append(
+                            f"{method.upper()} {path} depth {depth}: {response.text[:150]}"
+                        )
+    assert not wrong, "\n".join(wrong)

@@ -322,6 +322,52 @@ async def test_oversize_bodies_get_413_with_and_without_content_length(
     assert fits.status_code == 202
 
 
+def nested(depth: int) -> bytes:
+    """A push whose `deep` key holds lists nested `depth` deep."""
+    return json.dumps(push())[:-1].encode() + b', "deep": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+async def test_deeply_nested_payloads_are_refused_with_400_over_real_http(
+    hook_settings: Settings, scripted: ScriptedModel
+) -> None:
+    async with serving_http(hook_settings) as hook:
+        answers = [await hook.deliver("push", nested(depth)) for depth in (1000, 100_000)]
+        form = urlencode({"payload": nested(1000).decode()}).encode()
+        form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+        answers.append(await hook.deliver("push", form, headers=form_type))
+        shallow = await hook.deliver("push", nested(10))
+        assert [run.workflow for run in await hook.runs()] == ["build"]
+    for answer in answers:
+        assert answer.status_code == 400, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.json()["type"] == "urn:agentmill:problem:too-deep"
+        assert "nested more than 64" in answer.json()["detail"]
+    assert shallow.status_code == 202
+
+
+async def test_only_the_documented_content_types_are_accepted(hook: Hook) -> None:
+    body = json.dumps(push()).encode()
+    refused = []
+    kinds = ("text/plain", None, "application/xml", "multipart/form-data")
+    for number, content_type in enumerate(kinds):
+        headers = {"Content-Type": content_type} if content_type else {}
+        sent = {
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": hook.id(f"ct-{number}"),
+            "X-Hub-Signature-256": sign(SECRET, body),
+            **headers,
+        }
+        refused.append(await hook.client.post(URL, content=body, headers=sent))
+    for answer in refused:
+        assert answer.status_code == 415, answer.text
+        assert answer.json()["type"] == "urn:agentmill:problem:unsupported-media-type"
+        assert "application/x-www-form-urlencoded" in answer.json()["detail"]
+    assert await hook.runs() == []
+    charset = {"Content-Type": "application/json; charset=utf-8"}
+    accepted = await hook.deliver("push", body, headers=charset)
+    assert accepted.status_code == 202
+
+
 # deliveries
 
 

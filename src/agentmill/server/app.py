@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmill import __version__
 from agentmill.engine.engine import Engine
-from agentmill.server.limits import BodySizeLimit, RateLimiter, StreamSlots
+from agentmill.server.limits import BodySizeLimit, JsonDepthLimit, RateLimiter, StreamSlots
 from agentmill.server.metrics import Metrics
 from agentmill.server.problems import PROBLEM_RESPONSES, install_problem_handlers
 from agentmill.server.routes import (
@@ -35,6 +35,7 @@ from agentmill.store.keys import KeyStore
 __all__ = ["API_PREFIX", "create_app"]
 
 API_PREFIX = "/v1"
+WEBHOOKS_PREFIX = f"{API_PREFIX}/webhooks/"
 
 _DESCRIPTION = """\
 Start, watch, approve and cancel durable agent workflow runs.
@@ -88,10 +89,11 @@ def create_app(
     )
     app.add_api_route("/", _to_the_docs, include_in_schema=False)
     install_problem_handlers(app)
+    app.add_middleware(JsonDepthLimit, exempt=(WEBHOOKS_PREFIX,))
     app.add_middleware(
         BodySizeLimit,
         default=settings.max_request_bytes,
-        per_prefix={"/v1/webhooks/": settings.webhook_max_bytes},
+        per_prefix={WEBHOOKS_PREFIX: settings.webhook_max_bytes},
     )
     app.add_middleware(RequestMetrics)
     app.include_router(ops.router)

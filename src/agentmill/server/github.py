@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 from agentmill.engine.engine import ConcurrencyMode
 from agentmill.errors import TemplateRenderError
+from agentmill.server.limits import refuse_deep_json
 from agentmill.server.problems import ApiProblem
 from agentmill.spec.models import TriggerSpec
 from agentmill.spec.templates import render
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 SIGNATURE_PREFIX = "sha256="
+JSON_CONTENT_TYPE = "application/json"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
@@ -52,17 +54,26 @@ def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
 
 
 def parse_payload(body: bytes, content_type: str | None) -> dict[str, Any]:
-    """The JSON object of a delivery, sent as JSON or as a form with a `payload` field."""
+    """The JSON object of a delivery, sent as JSON or as a form with a `payload` field (the
+    two content types GitHub offers); any other content type is a 415."""
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type not in (JSON_CONTENT_TYPE, FORM_CONTENT_TYPE):
+        raise ApiProblem(
+            415,
+            "unsupported-media-type",
+            f"a delivery must be sent as {JSON_CONTENT_TYPE} or {FORM_CONTENT_TYPE} "
+            f"(got {media_type or 'no Content-Type'}); set the webhook's content type in GitHub",
+        )
     try:
         if media_type == FORM_CONTENT_TYPE:
             fields = parse_qs(body.decode(), strict_parsing=False)
             if "payload" not in fields:
                 raise ApiProblem(400, "invalid-payload", "the form body has no `payload` field")
-            text = fields["payload"][0]
+            raw = fields["payload"][0].encode()
         else:
-            text = body.decode()
-        payload: object = json.loads(text)
+            raw = body
+        refuse_deep_json(raw)
+        payload: object = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiProblem(400, "invalid-payload", f"the payload is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):

@@ -1,17 +1,33 @@
-"""Request limits: body size (checked before buffering) and a per-key rate limit."""
+"""Request limits: body size (checked before buffering), JSON nesting depth, a per-key rate
+limit and a per-key stream cap."""
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
+from itertools import accumulate
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmill.server.problems import ApiProblem, problem_response
 
-__all__ = ["BodySizeLimit", "RateLimiter", "StreamSlots"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "BodySizeLimit",
+    "JsonDepthLimit",
+    "RateLimiter",
+    "StreamSlots",
+    "is_json_media_type",
+    "refuse_deep_json",
+]
+
+MAX_JSON_DEPTH = 64
+"""How deep arrays and objects may nest in a JSON body. Far past any real request or GitHub
+payload (about 10 levels), far below where parsing and everything that walks the value
+recursively (validation, templates, serialisation) would exhaust Python's stack."""
 
 
 class BodySizeLimit:
@@ -53,6 +69,84 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class JsonDepthLimit:
+    """Refuse JSON request bodies nested deeper than `max_depth` with 400, once the whole body
+    is in and before anything parses it: one check for every route that reads JSON.
+
+    Paths under `exempt` parse their bodies themselves and call `refuse_deep_json` there
+    (the GitHub webhook does so after the signature, so an unsigned body costs no scan).
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, max_depth: int = MAX_JSON_DEPTH, exempt: tuple[str, ...] = ()
+    ) -> None:
+        self.app = app
+        self.max_depth = max_depth
+        self.exempt = exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["path"].startswith(self.exempt)
+            or not is_json_media_type(_header(scope, b"content-type"))
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+
+        async def checked() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    refuse_deep_json(b"".join(chunks), self.max_depth)
+            return message
+
+        await self.app(scope, checked, send)
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """`application/json` or `application/<anything>+json`, the bodies FastAPI parses."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+# A string, or what is left of an unterminated one: so the scan stays linear on any input.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_NESTING_STEP = [0] * 256
+for _opening in b"[{":
+    _NESTING_STEP[_opening] = 1
+for _closing in b"]}":
+    _NESTING_STEP[_closing] = -1
+
+
+def refuse_deep_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Raise a 400 problem if the JSON text `body` nests arrays/objects past `max_depth`.
+
+    Brackets inside strings do not count. Invalid JSON is left to the parser to report.
+    """
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return
+    brackets = _JSON_STRING.sub(b"", body).translate(None, _NOT_BRACKETS)
+    depth = max(accumulate(map(_NESTING_STEP.__getitem__, brackets)), default=0)
+    if depth > max_depth:
+        raise ApiProblem(
+            400,
+            "too-deep",
+            f"the JSON body is nested more than {max_depth} levels deep; send a flatter document",
+        )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -55,8 +55,12 @@ class Problem(BaseModel):
     )
 
 
-class ApiProblem(Exception):
-    """Raised by routes and dependencies for an HTTP error with a problem body."""
+class ApiProblem(StarletteHTTPException):
+    """Raised by routes, dependencies and middleware for an HTTP error with a problem body.
+
+    An HTTPException, so that FastAPI passes it on unchanged when a middleware raises it
+    while the body is read (it turns any other exception there into a bare 400).
+    """
 
     def __init__(
         self,
@@ -67,12 +71,15 @@ class ApiProblem(Exception):
         headers: dict[str, str] | None = None,
         errors: list[dict[str, Any]] | None = None,
     ) -> None:
-        super().__init__(detail)
+        super().__init__(status, detail, headers)
         self.status = status
         self.slug = slug
         self.detail = detail
         self.headers = headers
         self.errors = errors
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 _TITLES = {

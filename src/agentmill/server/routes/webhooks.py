@@ -2,8 +2,9 @@
 
 Per request, in this order: the secret must be configured (503), the body is read (the
 BodySizeLimit middleware refuses it with 413 past `webhook_max_bytes`), the signature must
-match (401), the event and delivery headers must be there (400), a `ping` is answered, the
-payload is parsed (400), the delivery is claimed once (`store/deliveries.py`) and its runs
+match (401), the event and delivery headers must be there (400), the content type must be
+JSON or a form (415), the payload must nest at most `MAX_JSON_DEPTH` deep and parse (400), a
+`ping` is answered, the delivery is claimed once (`store/deliveries.py`) and its runs
 are submitted. Submitting only writes rows and enqueues, so the answer comes quickly.
 """
 
@@ -81,6 +82,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: PROBLEM_RESPONSES[422] | {"description": "A header is missing or the payload is not JSON"},
     401: PROBLEM_RESPONSES[401] | {"description": "The signature is missing or does not match"},
     413: PROBLEM_RESPONSES[413] | {"description": "The body is over `webhook_max_bytes`"},
+    415: PROBLEM_RESPONSES[413]
+    | {"description": "The body is neither `application/json` nor a form with `payload`"},
     422: PROBLEM_RESPONSES[422]
     | {"description": "Every matching trigger failed to start its run (see `errors`)"},
     503: PROBLEM_RESPONSES[422]
