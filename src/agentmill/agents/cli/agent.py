@@ -13,7 +13,7 @@ import re
 import signal
 import socket
 from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from agentmill.agents.cli.worktree import (
     open_worktree,
     remove_worktree,
 )
-from agentmill.errors import CliFailed
+from agentmill.errors import CliFailed, RunFailure, UserError
 from agentmill.settings import Settings, granted_environment, is_secret_name
 from agentmill.spec.models import WORKTREE, AgentSpec
 from agentmill.spec.presets import DEFAULT_PRESET, PresetSpec
@@ -197,7 +197,7 @@ class CliAgent(Agent):
             result = await run_process(
                 spec, on_lines=relay.on_lines, on_start=started, on_stopped=stopped.append
             )
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled (timeout, cancel, shutdown), or on_lines failed
             if stopped:
                 await self._note_stopped(context, stopped[0], parser.summary, tree)
             raise
@@ -210,15 +210,19 @@ class CliAgent(Agent):
         summary: CliSummary,
         tree: Worktree | None,
     ) -> None:
-        """Note how a cancelled call's tool ended; a timed-out one also with its files."""
+        """Note how a stopped call's tool ended; a timed-out one also with its files (a git
+        failure then must not take the timeout's place: the files are left out)."""
         timed_out = context.timed_out
         cli = _details(self._call.preset_name, result, summary, tree)["cli"]
         cli.update(_failure_details(result, self._redact, timed_out=timed_out))
+        context.note(cli=cli)  # first: the entries added below still reach it, and a
+        # second cancel during the diff cannot leave the attempt without it
         if timed_out:
             cli["limit"] = "timeout"
             if tree is not None:
-                cli["files"] = list((await diff_worktree(tree, ignore=self._call.ignore)).files)
-        context.note(cli=cli)
+                with suppress(RunFailure, UserError, OSError):
+                    diff = await diff_worktree(tree, ignore=self._call.ignore)
+                    cli["files"] = list(diff.files)
 
     async def _finish(
         self,
