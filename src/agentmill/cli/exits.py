@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import click
 import typer
 
-from agentmill.errors import AgentmillError, RunFailure, UserError
+from agentmill.errors import AgentmillError, RunFailure, UserError, shown_error
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -22,6 +24,8 @@ __all__ = [
     "out",
     "run_command",
 ]
+
+logger = logging.getLogger("agentmill.cli")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -81,5 +85,13 @@ def run_command(body: Body) -> None:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except AgentmillError as exc:
         err().print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    except (typer.Exit, typer.Abort, click.ClickException):
+        raise  # Typer's own ways out of a command
+    except Exception as exc:  # noqa: BLE001 - logged with an id by shown_error
+        # A bug or an unexpected database error: its text (SQL, parameters) goes to the
+        # log with an id; the last line is the short message.
+        shown = shown_error(exc, log=logger, doing="the command", where="agentmill")
+        err().print(f"[bold red]error:[/] {escape(str(shown))}", soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
     raise typer.Exit(result or EXIT_OK)
