@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
@@ -108,3 +109,34 @@ async def test_the_root_points_at_the_docs(base_url: str) -> None:
         followed = await client.get("/", follow_redirects=True)
     assert followed.status_code == 200
     assert "swagger-ui" in followed.text
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+@pytest.mark.parametrize(
+    ("page", "rendered"), [("/docs", "opblock-summary"), ("/redoc", "Start a run")]
+)
+async def test_a_headless_browser_renders_the_docs_with_no_other_host(
+    base_url: str, page: str, rendered: str
+) -> None:
+    """Every other host goes through a proxy that does not exist: the page must not need one."""
+    assert CHROMIUM is not None
+    browser = await asyncio.create_subprocess_exec(
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=127.0.0.1",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        base_url + page,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    dom, _ = await asyncio.wait_for(browser.communicate(), 120)
+    assert browser.returncode == 0
+    assert rendered in dom.decode(), dom.decode()[:2000]
