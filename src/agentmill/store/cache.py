@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmill.store.reconnect import connection_lost
+from agentmill.store.reconnect import connection_lost, reconnecting
 from agentmill.store.tables import cache_entries, cache_stats
 
 __all__ = [
@@ -527,6 +527,7 @@ def _statements(dialect: str) -> dict[str, str]:
 # Stats and clearing, for the CLI and /metrics (on the store's async engine)
 
 
+@reconnecting
 async def read_stats(
     engine: AsyncEngine, *, tenant: str | None = None, now: float | None = None
 ) -> list[TenantCacheStats]:
@@ -556,6 +557,7 @@ async def read_stats(
     return [TenantCacheStats(tenant=name, **by_tenant[name]) for name in sorted(by_tenant)]
 
 
+@reconnecting
 async def clear_entries(
     engine: AsyncEngine,
     *,
