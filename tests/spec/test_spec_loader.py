@@ -309,7 +309,7 @@ def test_aliases_count_towards_the_nesting() -> None:
     [(9, True), (3, False)],
     ids=["billion-laughs", "a-few-aliases"],
 )
-def test_aliases_may_repeat_at_most_100000_values(values: int, refused: bool) -> None:
+def test_aliases_count_as_the_values_they_repeat(values: int, refused: bool) -> None:
     levels = ["&l0 [" + ", ".join(['"lol"'] * values) + "]"]
     levels += [f"&l{i} [{', '.join([f'*l{i - 1}'] * values)}]" for i in range(1, 9)]
     text = _nested_default(1).replace("default: []", "default: [" + ", ".join(levels) + "]")
@@ -320,7 +320,20 @@ def test_aliases_may_repeat_at_most_100000_values(values: int, refused: bool) ->
         load_project_text(text, "x.yaml")
     [problem] = info.value.problems
     assert problem.line == 7
-    assert problem.message == "the aliases (*name) of this file expand to more than 100,000 values"
+    assert problem.message.startswith("the file holds more than 100,000 values")
+    assert problem.hint is not None
+    assert problem.hint.startswith("each alias repeats its anchor's whole value")
+
+
+def test_a_config_holds_at_most_100000_values() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_project_text(_nested_default(1).replace("[]", "[" + "1," * 100_000 + "]"), "x.yaml")
+    [problem] = info.value.problems
+    assert (problem.line, problem.message) == (
+        7,
+        "the file holds more than 100,000 values (mappings, lists and scalars; "
+        "an alias counts as all the values it repeats)",
+    )
 
 
 def test_a_recursive_alias_is_refused() -> None:

@@ -7,7 +7,7 @@ so the messages speak of keys and steps rather than of pydantic types.
 
 A document too costly to load is refused before anything walks it: more than
 `MAX_CONFIG_BYTES` (the file is never read further), more than `MAX_DEPTH` levels of
-nesting, or aliases repeating more than `MAX_ALIAS_VALUES` values (`_yaml_limits`).
+nesting, or more than `MAX_VALUES` values, aliases expanded (`_yaml_limits`).
 """
 
 from __future__ import annotations
@@ -22,20 +22,15 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from agentmill.errors import ConfigError, ConfigProblem
 from agentmill.spec._schema_errors import schema_problems
-from agentmill.spec._yaml_limits import (
-    MAX_ALIAS_VALUES,
-    MAX_DEPTH,
-    LimitedLoader,
-    YamlLimitExceeded,
-)
+from agentmill.spec._yaml_limits import MAX_DEPTH, MAX_VALUES, LimitedLoader, YamlLimitExceeded
 from agentmill.spec.files import FileTooLarge, read_bytes_at_most
 from agentmill.spec.models import AgentSpec, ModelEndpoint, ProjectSpec, StepSpec, WorkflowSpec
 from agentmill.spec.validate import validate_project
 
 __all__ = [
-    "MAX_ALIAS_VALUES",
     "MAX_CONFIG_BYTES",
     "MAX_DEPTH",
+    "MAX_VALUES",
     "LoadedProject",
     "NodePath",
     "load_project",
