@@ -30,6 +30,8 @@ def test_each_invalid_setting_is_named_with_its_expected_form(
     [
         ("AGENTMILL_DATABASE_URL", "postgresql://app:s3cret-pw@db:54x2/agentmill"),
         ("AGENTMILL_DATABASE_URL", "mysql://app:s3cret-pw@db/agentmill"),
+        ("AGENTMILL_URL", "ftp://app:s3cret-pw@agentmill.internal"),
+        ("AGENTMILL_URL", "notaurl-s3cret-pw"),
     ],
 )
 def test_a_secret_setting_is_named_without_its_value(

@@ -127,6 +127,17 @@ class Settings(BaseSettings):
         _ = parts.port  # raises ValueError for a port that is not a number in range
         return value
 
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        _ = parts.port
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) address")
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         """The database both DBOS and agentmill's own tables live in."""
@@ -150,6 +161,7 @@ _HIDDEN_VALUES = frozenset({"database_url", "url"})
 _EXPECTED_TEXT = {
     "database_url": "postgresql://user:password@host:5432/database, "
     "or unset it to use the SQLite file in AGENTMILL_HOME",
+    "url": "the http:// or https:// address of an `agentmill serve`, e.g. http://127.0.0.1:8080",
 }
 
 
