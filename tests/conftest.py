@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +15,12 @@ from agentmill.engine.engine import Engine
 from agentmill.settings import Settings
 
 PG_ADMIN_URL = os.environ.get("AGENTMILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+# A suite started in the background by a shell without job control (`make test &`, nohup)
+# inherits SIGINT ignored, and so would every CLI it starts: the Ctrl-C tests play a user at
+# a terminal, whose processes take SIGINT. Children inherit an ignored signal, not a handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _pg_available() -> str | None:
