@@ -110,6 +110,13 @@ async def cancel_stale_workflow(workflow_id: str) -> None:
         await DBOS.cancel_workflow_async(workflow_id)
 
 
+RECHECK_MESSAGES_EVERY = 5.0
+"""Seconds between DBOS's database re-checks of a waiting `recv` (DBOS: 60). A NOTIFY sent
+while DBOS's listener connection is being re-opened (the database restarted, or backends
+were terminated) is lost; the re-check is what then delivers an approval's wake-up. One
+indexed read per waiting gate every 5 s."""
+
+
 def _config(settings: Settings, executor_id: str) -> DBOSConfig:
     return {
         "name": "agentmill",
@@ -132,10 +139,11 @@ def launch_dbos(
     Only server workers (`listen`) dequeue from the shared run queue: any other process,
     such as a CLI command, would take a server's runs and interrupt them when it exits.
     """
-    DBOS(config=_config(settings, executor_id))
+    dbos = DBOS(config=_config(settings, executor_id))
     DBOS.listen_queues([RUN_QUEUE] if listen else [])
     _executors.append(executor)
     DBOS.launch()
+    dbos._sys_db._notification_fallback_polling_interval = RECHECK_MESSAGES_EVERY
 
 
 def destroy_dbos(executor: RunExecutor | None) -> None:
