@@ -8,6 +8,7 @@ import pytest
 
 from agentmill.server.limits import MAX_JSON_DEPTH, refuse_deep_json
 from agentmill.server.problems import ApiProblem
+from agentmill.spec.inputs import MAX_INPUT_DEPTH
 
 
 def test_nesting_up_to_the_limit_passes_and_one_more_is_refused() -> None:
@@ -18,6 +19,11 @@ def test_nesting_up_to_the_limit_passes_and_one_more_is_refused() -> None:
         refuse_deep_json(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))
     assert refused.value.status == 400
     assert refused.value.slug == "too-deep"
+
+
+def test_a_request_may_carry_an_input_nested_as_deep_as_inputs_may_nest() -> None:
+    deepest = b"[" * MAX_INPUT_DEPTH + b"]" * MAX_INPUT_DEPTH
+    refuse_deep_json(b'{"workflow": "w", "inputs": {"x": ' + deepest + b"}}")
 
 
 def test_brackets_inside_strings_do_not_count() -> None:

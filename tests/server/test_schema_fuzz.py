@@ -36,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
 
 from agentmill.agents.models import override_models
 from agentmill.server.app import create_app
+from agentmill.server.limits import MAX_JSON_DEPTH
 from agentmill.settings import Settings
 from agentmill.spec.loader import load_project_text
 from agentmill.store import Store
@@ -298,7 +299,7 @@ def test_every_json_body_nested_too_deep_is_a_400(live: Live) -> None:
             for method, operation in operations.items():
                 if "application/json" not in operation.get("requestBody", {}).get("content", {}):
                     continue
-                for depth in (65, 900, 100_000):
+                for depth in (MAX_JSON_DEPTH + 1, 900, 100_000):
                     body = b'{"workflow": "echo", "inputs": {"x": ' + b"[" * depth
                     body += b"]" * depth + b"}}"
                     headers = {**live.headers, "Content-Type": "application/json"}

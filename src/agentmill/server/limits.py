@@ -24,8 +24,9 @@ __all__ = [
     "refuse_deep_json",
 ]
 
-MAX_JSON_DEPTH = 64
-"""How deep arrays and objects may nest in a JSON body. Far past any real request or GitHub
+MAX_JSON_DEPTH = 128
+"""How deep arrays and objects may nest in a JSON body. Room for a run's inputs nested the
+most they may (`spec.inputs.MAX_INPUT_DEPTH`, 100) inside a request; far past any GitHub
 payload (about 10 levels), far below where parsing and everything that walks the value
 recursively (validation, templates, serialisation) would exhaust Python's stack."""
 
