@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from agentmill.server.app import create_app
 from agentmill.server.github import Delivery, event_matches, plan_runs, sign, verify_signature
+from agentmill.server.limits import MAX_JSON_DEPTH
 from agentmill.server.services import Services
 from agentmill.settings import Settings
 from agentmill.spec.loader import load_project_text
@@ -341,7 +342,7 @@ async def test_deeply_nested_payloads_are_refused_with_400_over_real_http(
         assert answer.status_code == 400, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
         assert answer.json()["type"] == "urn:agentmill:problem:too-deep"
-        assert "nested more than 64" in answer.json()["detail"]
+        assert f"nested more than {MAX_JSON_DEPTH} levels" in answer.json()["detail"]
     assert shallow.status_code == 202
 
 
