@@ -29,7 +29,7 @@ import functools
 import logging
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 
 from agentmill.agents.cli import reap
@@ -130,7 +130,7 @@ class Escapes:
     def _adopted(self) -> list[int]:
         """The worker's children (orphans re-parented to it) that carry the identity."""
         found: list[int] = []
-        for pid in _children(os.getpid()):
+        for pid in _children_lister()(os.getpid()):
             start = reap.start_time(pid)
             if pid == self._leader or pid in self._known or start is None:
                 continue
@@ -175,20 +175,29 @@ def _signal(pids: list[int], signum: int) -> None:
 
 def _descendants(roots: Iterable[int]) -> set[int]:
     """Every process below `roots` (not the roots themselves)."""
+    children = _children_lister()
     found: set[int] = set()
     pending = list(roots)
     while pending:
-        for child in _children(pending.pop()):
+        for child in children(pending.pop()):
             if child not in found:
                 found.add(child)
                 pending.append(child)
     return found
 
 
+def _children_lister() -> Callable[[int], list[int]]:
+    """How to list a process's children: its /proc/PID/task/TID/children files or, on a
+    kernel without them, one read of every /proc/PID/stat for the whole walk (not one per
+    process walked: that was a full scan of /proc per process, four times a second)."""
+    if _has_children_files():
+        return _children
+    by_parent = reap.children_by_parent()
+    return lambda pid: by_parent.get(pid, [])
+
+
 def _children(pid: int) -> list[int]:
-    """The children of every thread of `pid`, from /proc (or a full scan without it)."""
-    if not _has_children_files():
-        return reap.children_by_scan(pid)
+    """The children of every thread of `pid`, from /proc/PID/task/TID/children."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:

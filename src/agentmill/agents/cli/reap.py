@@ -29,7 +29,7 @@ from dataclasses import dataclass
 __all__ = [
     "Member",
     "become_subreaper",
-    "children_by_scan",
+    "children_by_parent",
     "count_session",
     "end_session",
     "has_proc",
@@ -88,11 +88,14 @@ def _pids() -> list[int]:
     return [int(name) for name in names if name.isdigit()]
 
 
-def children_by_scan(parent: int) -> list[int]:
-    """The children of `parent`, by reading every /proc/PID/stat (when the kernel does not
-    list children in /proc/PID/task/TID/children)."""
-    members = (read_member(pid) for pid in _pids())
-    return [member.pid for member in members if member is not None and member.ppid == parent]
+def children_by_parent() -> dict[int, list[int]]:
+    """Every process's children, by parent pid, from one read of every /proc/PID/stat
+    (for a kernel that does not list children in /proc/PID/task/TID/children)."""
+    by_parent: dict[int, list[int]] = {}
+    for member in (read_member(pid) for pid in _pids()):
+        if member is not None:
+            by_parent.setdefault(member.ppid, []).append(member.pid)
+    return by_parent
 
 
 def start_time(pid: int) -> int | None:
