@@ -209,3 +209,14 @@ def test_a_template_nested_too_deeply_is_a_syntax_error(template: str, reason: s
         render(template, {"x": [1]})
     with pytest.raises(TemplateRenderError, match="the template nests too deeply"):
         evaluate(template, {"x": [1]})
+
+
+def test_a_template_that_recurses_at_render_time_is_a_render_error() -> None:
+    """A macro that calls itself compiles (validate passes it) and recurses only when the
+    step renders it: a template error of the step, not an internal error."""
+    template = "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}"
+    references(template)
+    with pytest.raises(TemplateRenderError, match="recurses too deeply"):
+        render(template, {})
+    with pytest.raises(TemplateRenderError, match="recurses too deeply"):
+        evaluate("{% macro m() %}{{ m() }}{% endmacro %}x{{ m() }}", {})

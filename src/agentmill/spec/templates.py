@@ -122,8 +122,13 @@ def render(template: str, context: Mapping[str, Any]) -> str:
     except TemplateSyntaxError as exc:
         message = f"template syntax error on line {exc.lineno}: {exc.message}"
         raise TemplateRenderError(message) from exc
+    except RecursionError:
+        raise TemplateRenderError(_RECURSES) from None
     except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
         raise TemplateRenderError(f"template failed: {exc}") from exc
+
+
+_RECURSES = "template failed: it recurses too deeply (a macro that calls itself?)"
 
 
 def evaluate(template: str, context: Mapping[str, Any]) -> Any:
@@ -139,6 +144,8 @@ def evaluate(template: str, context: Mapping[str, Any]) -> Any:
         value = _compiled_expression(expression)(dict(context))
     except UndefinedError as exc:
         raise _undefined(template, context, str(exc)) from exc
+    except RecursionError:
+        raise TemplateRenderError(_RECURSES) from None
     except (TemplateError, TypeError, ValueError, ArithmeticError) as exc:
         raise TemplateRenderError(f"template failed: {exc}") from exc
     if isinstance(value, Undefined):
