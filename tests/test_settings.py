@@ -62,3 +62,13 @@ def test_valid_values_are_accepted_as_written(monkeypatch: pytest.MonkeyPatch) -
     settings = Settings()
     assert settings.log_level == "DEBUG"
     assert settings.database_url == "postgresql+psycopg://u:p@127.0.0.1:5432/db"
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "Infinity"])
+def test_a_number_setting_is_finite(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """An infinite heartbeat would crash the engine (`round(inf)`), an infinite flush
+    interval would never send an event: not a number a setting may take."""
+    monkeypatch.setenv("AGENTMILL_HEARTBEAT_INTERVAL", value)
+    with pytest.raises(UserError) as info:
+        Settings()
+    assert str(info.value).endswith(" is not valid: expected a number of seconds, more than 0")

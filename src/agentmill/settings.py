@@ -51,7 +51,8 @@ def _upper(value: Any) -> Any:
 class Settings(BaseSettings):
     """agentmill settings, read from `AGENTMILL_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="AGENTMILL_", extra="ignore")
+    # Numbers are finite: `inf` or `1e400` seconds would crash the engine or stop events.
+    model_config = SettingsConfigDict(env_prefix="AGENTMILL_", extra="ignore", allow_inf_nan=False)
 
     def __init__(self, **values: Any) -> None:
         try:
