@@ -58,5 +58,21 @@ def test_a_scan_without_children_files_reads_proc_once(monkeypatch: pytest.Monke
         processes = sum(name.isdigit() for name in os.listdir("/proc"))
         assert reads <= 2 * processes, f"{reads} reads of /proc/PID/stat for {processes} pids"
     finally:
+        tree = reap.session_pids(leader.pid)
         os.killpg(leader.pid, signal.SIGKILL)
         leader.wait()
+        _reap(tree)
+
+
+def _reap(pids: list[int]) -> None:
+    """Wait for the killed tree to be gone, reaping what is orphaned to this process (a
+    child subreaper once any test ran a process)."""
+    deadline = time.monotonic() + 10
+    while pids and time.monotonic() < deadline:
+        for pid in list(pids):
+            member = reap.read_member(pid)
+            if member is None:
+                pids.remove(pid)
+            elif member.zombie and member.ppid == os.getpid():
+                os.waitpid(pid, 0)
+        time.sleep(0.02)
