@@ -4,14 +4,17 @@ unexpected database error reaches users as a short message with an id, never as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmill.agents.models import override_models
 from agentmill.engine.engine import Engine
@@ -21,6 +24,7 @@ from agentmill.store import RunStatus
 from agentmill.store.budgets import BudgetStore, Hold, Limit
 from agentmill.store.cache import CacheBackend, CacheRow
 from agentmill.store.db import create_sync_engine
+from agentmill.store.deliveries import DeliveryStore
 from agentmill.store.keys import KeyStore, Role
 from tests.conftest import PG_ADMIN_URL, started_engine
 from tests.engine.helpers import run_yaml
@@ -315,3 +319,56 @@ async def test_stores_wait_for_a_restarting_database(fresh_pg_url: str) -> None:
         await engine.dispose()
         blocking.dispose()
         await proxy.down()
+
+
+class _AckLostOnce:
+    """An async engine whose transaction number `lose` (1: the first) commits, then reports
+    its connection lost, as when the database dies after applying a commit and before
+    answering it."""
+
+    def __init__(self, engine: AsyncEngine, *, lose: int = 1) -> None:
+        self._engine = engine
+        self._lose = lose
+        self.begun = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncGenerator[Any]:
+        self.begun += 1
+        async with self._engine.begin() as conn:
+            yield conn
+        if self.begun == self._lose:
+            raise DBAPIError("COMMIT", None, Exception("gone"), connection_invalidated=True)
+
+
+async def test_a_claim_whose_commit_answer_was_lost_is_still_taken(
+    sqlite_engine: Engine,
+) -> None:
+    """The retry of a claim that did commit finds its own row: the delivery is processed
+    (it was answered as a duplicate of itself, and its runs never started)."""
+    flaky = _AckLostOnce(sqlite_engine.store.engine)
+    store = DeliveryStore(flaky, tenant="acme")  # pyright: ignore[reportArgumentType]
+    claim = await store.claim("github", "d1", event="push")
+    assert flaky.begun == 2  # the insert, then its retry
+    assert claim.taken
+    again = await DeliveryStore(sqlite_engine.store.engine, tenant="acme").claim(
+        "github", "d1", event="push"
+    )
+    assert not again.taken  # a real second copy is still a duplicate
+
+
+async def test_a_takeover_whose_commit_answer_was_lost_is_still_taken(
+    sqlite_engine: Engine,
+) -> None:
+    """The same for a delivery whose earlier processing ended in an error: the retried
+    compare-and-set finds its own takeover."""
+    plain = DeliveryStore(sqlite_engine.store.engine, tenant="acme")
+    assert (await plain.claim("github", "d2", event="push")).taken
+    await plain.finish("github", "d2", outcome="error", run_ids=[])
+    flaky = _AckLostOnce(sqlite_engine.store.engine, lose=2)  # the insert fails, then this
+    store = DeliveryStore(flaky, tenant="acme")  # pyright: ignore[reportArgumentType]
+    claim = await store.claim("github", "d2", event="push")
+    assert flaky.begun == 3  # the insert, the takeover, the retried insert
+    assert claim.taken

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmill.store.reconnect import reconnecting
+from agentmill.store.reconnect import reconnecting, retrying
 from agentmill.store.tables import deliveries
 
 __all__ = ["PROCESSING_LEASE", "Claim", "DeliveryRecord", "DeliveryStore", "Outcome"]
@@ -66,7 +66,6 @@ class DeliveryStore:
         self.tenant = tenant
         self.lease = lease
 
-    @reconnecting
     async def claim(self, source: str, delivery_id: str, *, event: str) -> Claim:
         """Take the delivery for processing, unless another copy has (or is doing so)."""
         record = DeliveryRecord(
@@ -78,23 +77,29 @@ class DeliveryStore:
             run_ids=[],
             received_at=time.time(),
         )
+        # One claim time for every try: a try run again after its commit was applied but
+        # its answer lost (`store/reconnect.py`) finds its own row, not a duplicate's.
+        return await retrying(lambda: self._claim(record))
+
+    async def _claim(self, record: DeliveryRecord) -> Claim:
         while True:
             try:
                 async with self._engine.begin() as conn:
                     await conn.execute(deliveries.insert().values(**record.__dict__))
             except IntegrityError:
-                earlier = await self.get(source, delivery_id)
+                earlier = await self.get(record.source, record.id)
+                if earlier is not None and _claimed_by(earlier, record):
+                    return Claim(taken=True, record=earlier)
                 if earlier is not None:
-                    return await self._claim_existing(earlier)
+                    return await self._claim_existing(earlier, at=record.received_at)
                 # Deleted between the insert and the read (retention): insert again.
             else:
                 return Claim(taken=True, record=record)
 
-    async def _claim_existing(self, earlier: DeliveryRecord) -> Claim:
+    async def _claim_existing(self, earlier: DeliveryRecord, *, at: float) -> Claim:
         source, delivery_id = earlier.source, earlier.id
         if not self._may_retry(earlier):
             return Claim(taken=False, record=earlier)
-        now = time.time()
         # Compare-and-set on what we read: of several retrying copies, one wins.
         query = (
             deliveries.update()
@@ -104,13 +109,15 @@ class DeliveryStore:
                 deliveries.c.outcome == earlier.outcome,
                 deliveries.c.received_at == earlier.received_at,
             )
-            .values(outcome="processing", received_at=now, tenant=self.tenant)
+            .values(outcome="processing", received_at=at, tenant=self.tenant)
         )
         async with self._engine.begin() as conn:
             taken = (await conn.execute(query)).rowcount == 1
         if not taken:
             return Claim(taken=False, record=earlier)
-        retried = dataclasses.replace(earlier, outcome="processing", received_at=now)
+        retried = dataclasses.replace(
+            earlier, outcome="processing", received_at=at, tenant=self.tenant
+        )
         return Claim(taken=True, record=retried)
 
     def _may_retry(self, record: DeliveryRecord) -> bool:
@@ -139,6 +146,12 @@ class DeliveryStore:
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return None if row is None else _record(row._mapping)
+
+
+def _claimed_by(row: DeliveryRecord, claim: DeliveryRecord) -> bool:
+    """Whether `row` is `claim`'s own (its insert or takeover committed): the claim time
+    is the claim's token."""
+    return row.outcome == "processing" and row.received_at == claim.received_at
 
 
 def _record(row: sa.RowMapping) -> DeliveryRecord:
