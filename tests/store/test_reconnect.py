@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from agentmill.engine.engine import Engine
 from agentmill.policy.cache import close_response_cache
 from agentmill.settings import Settings
 from agentmill.store import RunStatus
+from agentmill.store.approvals import ApprovalRecord, ApprovalStatus, ApprovalStore
 from agentmill.store.budgets import BudgetStore, Hold, Limit
 from agentmill.store.cache import CacheBackend, CacheRow
 from agentmill.store.db import create_sync_engine
@@ -372,3 +374,23 @@ async def test_a_takeover_whose_commit_answer_was_lost_is_still_taken(
     claim = await store.claim("github", "d2", event="push")
     assert flaky.begun == 3  # the insert, the takeover, the retried insert
     assert claim.taken
+
+
+async def test_a_decision_whose_commit_answer_was_lost_is_still_won(
+    sqlite_engine: Engine,
+) -> None:
+    """The retried compare-and-set finds its own decision: the decider is not told that
+    they had already decided (and the gate is woken at once, not at its next re-read)."""
+    now = time.time()
+    row = ApprovalRecord(
+        run_id="r", step_id="gate", tenant="acme", status=ApprovalStatus.PENDING,
+        prompt="ok?", on_timeout="reject", created_at=now, expires_at=now + 3600,
+    )  # fmt: skip
+    await ApprovalStore(sqlite_engine.store.engine).create(row)
+    flaky = _AckLostOnce(sqlite_engine.store.engine)
+    store = ApprovalStore(flaky)  # pyright: ignore[reportArgumentType]
+    won = await store.decide("r", "gate", tenant="acme", approve=True, comment=None, by="alice")
+    assert flaky.begun == 2  # the decision, then its retry
+    assert won
+    again = ApprovalStore(sqlite_engine.store.engine)
+    assert not await again.decide("r", "gate", tenant="acme", approve=True, comment=None, by="bob")

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmill.store.reconnect import reconnecting
+from agentmill.store.reconnect import reconnecting, retrying
 from agentmill.store.tables import approvals
 
 __all__ = ["ApprovalRecord", "ApprovalStatus", "ApprovalStore"]
@@ -111,7 +111,6 @@ class ApprovalStore:
         async with self._engine.connect() as conn:
             return [_record(row._mapping) for row in await conn.execute(query)]
 
-    @reconnecting
     async def decide(
         self,
         run_id: str,
@@ -137,7 +136,23 @@ class ApprovalStore:
             )
             .values(status=str(status), comment=comment, decided_by=by, decided_at=now)
         )
-        return await self._changed(query)
+        ours = sa.select(sa.literal(1)).where(
+            approvals.c.run_id == run_id,
+            approvals.c.step_id == step_id,
+            approvals.c.status == str(status),
+            approvals.c.decided_by == by,
+            approvals.c.decided_at == now,
+        )
+
+        async def once() -> bool:
+            async with self._engine.begin() as conn:
+                if (await conn.execute(query)).rowcount == 1:
+                    return True
+                # A try run again after its commit was applied but its answer lost
+                # (`store/reconnect.py`) finds its own decision: it won.
+                return (await conn.execute(ours)).first() is not None
+
+        return await retrying(once)
 
     @reconnecting
     async def expire(self, run_id: str, step_id: str, *, now: float | None = None) -> bool:
