@@ -21,7 +21,7 @@ from agentmill.agents.models import override_models
 from agentmill.engine.engine import Engine
 from agentmill.policy.cache import close_response_cache
 from agentmill.settings import Settings
-from agentmill.store import RunStatus
+from agentmill.store import RunStatus, reconnect
 from agentmill.store.approvals import ApprovalRecord, ApprovalStatus, ApprovalStore
 from agentmill.store.budgets import BudgetStore, Hold, Limit
 from agentmill.store.cache import CacheBackend, CacheRow
@@ -394,3 +394,28 @@ async def test_a_decision_whose_commit_answer_was_lost_is_still_won(
     assert won
     again = ApprovalStore(sqlite_engine.store.engine)
     assert not await again.decide("r", "gate", tenant="acme", approve=True, comment=None, by="bob")
+
+
+async def test_a_unit_inside_a_retried_unit_is_retried_once_as_part_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Store methods call one another (a rate-limit release settles, an approval's creation
+    reads it back): the outer unit's retries are the only ones, so a database that stays
+    down fails it after `RECONNECT_FOR`, not after that many seconds per nesting level."""
+    monkeypatch.setattr(reconnect, "RECONNECT_FOR", 0.3)
+    outer_tries = inner_tries = 0
+
+    async def inner() -> None:
+        nonlocal inner_tries
+        inner_tries += 1
+        raise DBAPIError("SELECT 1", None, Exception("gone"), connection_invalidated=True)
+
+    async def outer() -> None:
+        nonlocal outer_tries
+        outer_tries += 1
+        await reconnect.retrying(inner)
+
+    with pytest.raises(DBAPIError):
+        await reconnect.retrying(outer)
+    assert outer_tries > 1
+    assert inner_tries == outer_tries

@@ -23,6 +23,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.exc import DBAPIError
@@ -49,6 +50,12 @@ admin_shutdown, crash_shutdown, cannot_connect_now (starting up or shutting down
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+
+_in_unit: ContextVar[bool] = ContextVar("agentmill_store_unit", default=False)
+"""Whether the code runs inside a unit being retried: a store method called by another
+(a release that settles, a creation that reads its row back) is part of the caller's unit,
+retried with it, so a database that stays down fails it after `RECONNECT_FOR` once, not
+once per level of nesting."""
 
 
 def connection_lost(exc: BaseException) -> bool:
@@ -99,28 +106,40 @@ def _backoff() -> Any:
 
 def retrying_sync(work: Callable[[], _T]) -> _T:
     """Run a blocking unit of work, again while its connection was lost (see module doc)."""
-    next_delay = reconnect_delays()
-    while True:
-        try:
-            return work()
-        except DBAPIError as exc:
-            delay = next_delay(exc)
-            if delay is None:
-                raise
-        time.sleep(delay)
+    if _in_unit.get():
+        return work()  # part of a unit retried as a whole
+    token = _in_unit.set(True)
+    try:
+        next_delay = reconnect_delays()
+        while True:
+            try:
+                return work()
+            except DBAPIError as exc:
+                delay = next_delay(exc)
+                if delay is None:
+                    raise
+            time.sleep(delay)
+    finally:
+        _in_unit.reset(token)
 
 
 async def retrying(work: Callable[[], Awaitable[_T]]) -> _T:
     """Run an async unit of work, again while its connection was lost (see module doc)."""
-    next_delay = reconnect_delays()
-    while True:
-        try:
-            return await work()
-        except DBAPIError as exc:
-            delay = next_delay(exc)
-            if delay is None:
-                raise
-        await asyncio.sleep(delay)
+    if _in_unit.get():
+        return await work()  # part of a unit retried as a whole
+    token = _in_unit.set(True)
+    try:
+        next_delay = reconnect_delays()
+        while True:
+            try:
+                return await work()
+            except DBAPIError as exc:
+                delay = next_delay(exc)
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+    finally:
+        _in_unit.reset(token)
 
 
 def reconnecting(
