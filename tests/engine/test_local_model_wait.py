@@ -27,7 +27,8 @@ from agentmill.engine.engine import Engine
 from agentmill.spec.loader import load_project_text
 from agentmill.store import EventRecord, RunRecord, RunStatus
 
-TIMEOUT = 0.3
+TIMEOUT = 1.0
+"""Seconds: what the step does besides waiting must fit in it even on a busy machine."""
 
 CONFIG = f"""
 version: 1
@@ -114,7 +115,7 @@ async def test_waiting_for_the_local_model_does_not_count_against_the_timeout(
     events: list[EventRecord] = []
     async for event in engine.follow(run.id):
         events.append(event)
-        if event.kind == "step_started":
+        if event.kind == "step_waiting":
             # Held for twice the step's timeout while the step waits its turn.
             await asyncio.sleep(2 * TIMEOUT)
             fake.release.set()
