@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmill.agents.models import override_models
@@ -28,6 +29,10 @@ from agentmill.store.cache import CacheBackend, CacheRow
 from agentmill.store.db import create_sync_engine
 from agentmill.store.deliveries import DeliveryStore
 from agentmill.store.keys import KeyStore, Role
+from agentmill.store.ratelimits import RateLimitStore, RateRule
+from agentmill.store.records import RunRecord
+from agentmill.store.store import Store
+from agentmill.store.tables import rate_limits
 from tests.conftest import PG_ADMIN_URL, started_engine
 from tests.engine.helpers import run_yaml
 from tests.fakes import ScriptedModel
@@ -419,3 +424,51 @@ async def test_a_unit_inside_a_retried_unit_is_retried_once_as_part_of_it(
         await reconnect.retrying(outer)
     assert outer_tries > 1
     assert inner_tries == outer_tries
+
+
+async def _token_tat(engine: Engine, key: str) -> float:
+    query = sa.select(rate_limits.c.token_tat).where(rate_limits.c.key == key)
+    async with engine.store.engine.connect() as conn:
+        return float((await conn.execute(query)).scalar_one())
+
+
+async def test_a_token_correction_whose_commit_answer_was_lost_is_applied_once(
+    isolated_engine: Engine,
+) -> None:
+    """A settlement run again after its commit was applied finds it recorded: the token
+    correction is not given back (or charged) twice."""
+    rule = RateRule(key="openai", token_interval=1.0)
+    plain = RateLimitStore(isolated_engine.store.engine, clock=lambda: 1000.0)
+    assert (await plain.reserve([rule], tokens=10, lookahead=1.0)).reserved
+    assert await _token_tat(isolated_engine, "openai") == 1010.0
+    flaky = _AckLostOnce(isolated_engine.store.engine)
+    store = RateLimitStore(flaky, clock=lambda: 1000.0)  # pyright: ignore[reportArgumentType]
+    await store.adjust_tokens([rule], tokens=-4)
+    assert flaky.begun == 2  # the settlement, then its retry
+    assert await _token_tat(isolated_engine, "openai") == 1006.0
+    await plain.adjust_tokens([rule], tokens=-4)  # a second correction is one
+    assert await _token_tat(isolated_engine, "openai") == 1002.0
+
+
+def _run_record(run_id: str) -> RunRecord:
+    return RunRecord(
+        id=run_id, tenant="acme", workflow="w", status=RunStatus.PENDING, inputs={"a": [1]},
+        outputs=None, error=None, snapshot={"steps": []}, config_path=None, usage=None,
+        created_at=time.time(), started_at=None, finished_at=None, owner=None,
+        owner_pid=None, owner_host=None, heartbeat_at=None, cancel_requested=False,
+    )  # fmt: skip
+
+
+async def test_a_run_whose_creation_answer_was_lost_is_created(
+    isolated_engine: Engine,
+) -> None:
+    """The retried insert finds the run's own row: the submit succeeds (it failed as an
+    internal error while the run existed); another run with the same id still fails."""
+    run = _run_record("r-lost")
+    flaky = _AckLostOnce(isolated_engine.store.engine)
+    store = Store(flaky, isolated_engine.store.journal)  # pyright: ignore[reportArgumentType]
+    await store.create_run(run)
+    assert flaky.begun == 2  # the insert, then its retry
+    assert await isolated_engine.store.get_run("r-lost", tenant="acme") == run
+    with pytest.raises(IntegrityError):
+        await isolated_engine.store.create_run(dataclasses.replace(run, workflow="other"))

@@ -23,6 +23,7 @@ in every agentmill table: workers on several machines need synchronised clocks (
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from agentmill.store.reconnect import reconnecting
+from agentmill.store.reconnect import RECONNECT_FOR, reconnecting, retrying
 from agentmill.store.tables import rate_leases, rate_limits
 
 __all__ = ["RateLimitStore", "RateRule", "Slot"]
@@ -116,7 +117,6 @@ class RateLimitStore:
             self._known.difference_update(keys)
         return float(rows[0][0]) if len(rows) == len(keys) else None
 
-    @reconnecting
     async def adjust_tokens(self, rules: Sequence[RateRule], *, tokens: int) -> None:
         """Charge `tokens` more (negative: give back) to the token-limited rules."""
         await self.settle(rules=rules, tokens=tokens)
@@ -164,16 +164,18 @@ class RateLimitStore:
         async with self._engine.begin() as conn:
             return (await conn.execute(query)).rowcount
 
-    @reconnecting
     async def release_leases(self, ids: Sequence[str]) -> None:
         await self.settle(leases=ids)
 
-    @reconnecting
     async def settle(
         self, *, leases: Sequence[str] = (), rules: Sequence[RateRule] = (), tokens: int = 0
     ) -> None:
         """After a call: delete its leases and charge `tokens` more (negative: give back)
-        to its token-limited rules, in one transaction."""
+        to its token-limited rules, in one transaction.
+
+        A charge adds to the TAT, so it is recorded under a settlement id in the same
+        transaction: a try run again after its commit was applied but its answer lost
+        (`store/reconnect.py`) finds the record and charges nothing."""
         charges = [
             {"b_key": rule.key, "b_delta": tokens * rule.token_interval}
             for rule in sorted(rules, key=lambda rule: rule.key)  # lock order, as everywhere
@@ -181,11 +183,34 @@ class RateLimitStore:
         ]
         if not leases and not charges:
             return
+        settlement = uuid.uuid4().hex  # one for every try
+        await retrying(lambda: self._settle(settlement, list(leases), charges))
+
+    async def _settle(
+        self, settlement: str, leases: list[str], charges: list[dict[str, str | float]]
+    ) -> None:
         async with self._engine.begin() as conn:
+            if charges and not await self._record_settlement(conn, settlement):
+                return  # settled by an earlier try: its leases are gone too
             if leases:
-                await conn.execute(rate_leases.delete().where(rate_leases.c.id.in_(list(leases))))
+                await conn.execute(rate_leases.delete().where(rate_leases.c.id.in_(leases)))
             if charges:
                 await conn.execute(_ADD_TOKEN_TAT, charges)
+
+    async def _record_settlement(self, conn: AsyncConnection, settlement: str) -> bool:
+        """Record a settlement (a row of `am_rate_leases` under a key no limit has, kept
+        while its tries may run); False if it was already. Expired records are deleted."""
+        now = self._clock()
+        expired = rate_leases.delete().where(
+            rate_leases.c.key == _SETTLED, rate_leases.c.expires_at <= now
+        )
+        await conn.execute(expired)
+        insert = postgresql.insert if self._postgres else sqlite.insert
+        query = insert(rate_leases).values(
+            id=settlement, key=_SETTLED, expires_at=now + _SETTLED_FOR
+        )
+        recorded = await conn.execute(query.on_conflict_do_nothing().returning(rate_leases.c.id))
+        return recorded.first() is not None
 
     @reconnecting
     async def leases_held(self, key: str) -> int:
@@ -329,6 +354,11 @@ def _lease_if_free(lease: str, key: str, cap: int, now: float, expires_at: float
     insert = rate_leases.insert().from_select(["id", "key", "expires_at"], row)
     return insert.returning(rate_leases.c.id)  # rowcount is not reliable here on psycopg
 
+
+_SETTLED = ""
+"""The key of settlement records in `am_rate_leases`: no limit's key is empty."""
+_SETTLED_FOR = 10 * RECONNECT_FOR
+"""Seconds a settlement record is kept: longer than its tries are run again."""
 
 _SET_TATS = (
     rate_limits.update()

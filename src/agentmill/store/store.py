@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmill.errors import NotFoundError
@@ -85,8 +85,19 @@ class Store:
     @reconnecting
     async def create_run(self, run: RunRecord) -> None:
         values = {**run.__dict__, "status": str(run.status)}
-        async with self.engine.begin() as conn:
-            await conn.execute(runs.insert().values(**values))
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(runs.insert().values(**values))
+        except IntegrityError:
+            # A try run again after its commit was applied but its answer lost
+            # (`store/reconnect.py`) finds its own row: the run was created.
+            if await self._stored_run(run.id) != run:
+                raise
+
+    async def _stored_run(self, run_id: str) -> RunRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+        return None if row is None else _run_record(row._mapping)
 
     @reconnecting
     async def get_run(self, run_id: str, *, tenant: str = DEFAULT_TENANT) -> RunRecord:
