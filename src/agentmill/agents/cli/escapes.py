@@ -13,7 +13,9 @@ records it two ways:
 
 After the session is ended, `end` signals what was recorded and is still alive (SIGTERM,
 grace, SIGKILL) and reaps those re-parented to the worker, with targeted `waitpid` calls:
-never the leader, never a pid it did not record.
+never the leader, never a pid it did not record. Each signal goes through a pidfd opened
+before the start time is checked (`reap.signal_process`), so a pid reused after the check
+is never signalled.
 
 What this cannot see: a process that is orphaned and drops the identity from its
 environment before a scan sees it in the tree (scans run every `SCAN_EVERY` seconds and
@@ -64,7 +66,7 @@ class Escapes:
         roots = {self._leader, *reap.session_pids(self._leader), *self._alive()}
         self._add(_descendants(roots))
         if self._identity is not None:
-            self._add(self._adopted())
+            self._adopt()
 
     async def end(self, *, grace: float) -> None:
         """End and reap every recorded process still alive (the session is ended already).
@@ -74,8 +76,8 @@ class Escapes:
         self.scan()
         running, zombies = self._split()
         if running:
-            _signal(running, signal.SIGTERM)
-            _signal(running, signal.SIGCONT)  # a stopped process must run to see SIGTERM
+            self._signal(running, signal.SIGTERM)
+            self._signal(running, signal.SIGCONT)  # a stopped process must run to see SIGTERM
         loop = asyncio.get_running_loop()
         kill_at = loop.time() + grace
         give_up_at = kill_at + _KILL_BOUND
@@ -86,7 +88,7 @@ class Escapes:
             running, zombies = self._split()
             now = loop.time()
             if running and now >= kill_at:
-                _signal(running, signal.SIGKILL)
+                self._signal(running, signal.SIGKILL)
             if now >= give_up_at:
                 logger.warning("processes %s that left a call's session survive", running)
                 return
@@ -108,39 +110,52 @@ class Escapes:
                 zombies.append(member.pid)
         return running, zombies
 
-    def _add(self, pids: Iterable[int]) -> None:
-        for pid in pids:
+    def _add(self, found: Mapping[int, int]) -> None:
+        """Record processes found as children (pid -> the parent it was listed under): the
+        one /proc shows now is taken only if it is still that parent's child, or the
+        worker's (orphaned since), so a pid reused since the listing is not recorded."""
+        me = os.getpid()
+        for pid, parent in found.items():
             if pid == self._leader or pid in self._known:
                 continue
-            start = reap.start_time(pid)
-            if start is not None:
-                self._known[pid] = start
+            member = reap.read_member(pid)
+            if member is not None and member.ppid in (parent, me):
+                self._known[pid] = member.start
 
     def _alive(self) -> list[int]:
         """Recorded processes that are still the same processes (zombies included)."""
-        alive = [pid for pid, start in self._known.items() if reap.start_time(pid) == start]
-        for pid in set(self._known) - set(alive):
-            del self._known[pid]
-        return alive
+        return [member.pid for member in self._members()]
 
     def _members(self) -> list[reap.Member]:
-        found = (reap.read_member(pid) for pid in self._alive())
-        return [member for member in found if member is not None]
+        """The recorded processes as /proc shows them, each checked to be the process
+        recorded in the same read that gives its state; the others are forgotten."""
+        found = [reap.read_member(pid) for pid in self._known]
+        same = [m for m in found if m is not None and m.start == self._known[m.pid]]
+        for pid in set(self._known) - {member.pid for member in same}:
+            del self._known[pid]
+        return same
 
-    def _adopted(self) -> list[int]:
-        """The worker's children (orphans re-parented to it) that carry the identity."""
-        found: list[int] = []
+    def _signal(self, pids: list[int], signum: int) -> None:
+        """Signal recorded processes, each only if still the process recorded."""
+        for pid in pids:
+            start = self._known.get(pid)
+            if start is not None:
+                reap.signal_process(pid, start, signum)
+
+    def _adopt(self) -> None:
+        """Record the worker's children (orphans re-parented to it) that carry the
+        identity: the start time read before the environment must still be the pid's after
+        it, so the environment read is that process's."""
         for pid in _children_lister()(os.getpid()):
             start = reap.start_time(pid)
             if pid == self._leader or pid in self._known or start is None:
                 continue
             if (pid, start) in self._strangers:
                 continue
-            if self._carries_identity(pid):
-                found.append(pid)
-            else:
+            if not self._carries_identity(pid):
                 self._strangers.add((pid, start))
-        return found
+            elif reap.start_time(pid) == start:
+                self._known[pid] = start
 
     def _carries_identity(self, pid: int) -> bool:
         try:
@@ -167,21 +182,17 @@ def identity_entry(env: Mapping[str, str], name: str | None) -> str | None:
     return f"{name}={env[name]}"
 
 
-def _signal(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        with suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
-
-
-def _descendants(roots: Iterable[int]) -> set[int]:
-    """Every process below `roots` (not the roots themselves)."""
+def _descendants(roots: Iterable[int]) -> dict[int, int]:
+    """Every process below `roots` (not the roots themselves), with the parent it was
+    listed under."""
     children = _children_lister()
-    found: set[int] = set()
+    found: dict[int, int] = {}
     pending = list(roots)
     while pending:
-        for child in children(pending.pop()):
+        parent = pending.pop()
+        for child in children(parent):
             if child not in found:
-                found.add(child)
+                found[child] = parent
                 pending.append(child)
     return found
 

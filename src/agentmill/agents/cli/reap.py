@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ __all__ = [
     "read_member",
     "session_members",
     "session_pids",
+    "signal_process",
     "start_time",
 ]
 
@@ -54,6 +56,8 @@ class Member:
     pid: int
     ppid: int
     zombie: bool
+    start: int
+    """Start time in clock ticks since boot: with the pid, which process this is."""
 
 
 @functools.cache
@@ -137,7 +141,8 @@ def read_member(pid: int) -> Member | None:
     fields = _stat_fields(pid)
     if fields is None:
         return None
-    return Member(pid=pid, ppid=int(fields[1]), zombie=fields[0] in (b"Z", b"X"))
+    zombie = fields[0] in (b"Z", b"X")
+    return Member(pid=pid, ppid=int(fields[1]), zombie=zombie, start=int(fields[19]))
 
 
 def session_members(sid: int) -> list[Member]:
@@ -181,8 +186,39 @@ def _signal(sid: int, pids: list[int], signum: int) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(sid, signum)
     for pid in pids:
-        with suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+        _signal_if(pid, functools.partial(_in_session, pid, sid), signum)
+
+
+def _in_session(pid: int, sid: int) -> bool:
+    try:
+        return os.getsid(pid) == sid
+    except OSError:
+        return False
+
+
+def signal_process(pid: int, start: int, signum: int) -> None:
+    """Signal `pid` only if it is still the process that started at `start` (clock ticks)."""
+    _signal_if(pid, lambda: start_time(pid) == start, signum)
+
+
+def _signal_if(pid: int, same: Callable[[], bool], signum: int) -> None:
+    """Signal `pid` if `same()` holds, checked while a pidfd names the process: a pidfd
+    names only the process it was opened on, so a pid reused after the check is not hit."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (OSError, AttributeError):  # no pidfd (not Linux, or < 5.3): check, then kill
+        if same():
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        return
+    try:
+        if same():
+            with suppress(ProcessLookupError, PermissionError):
+                signal.pidfd_send_signal(fd, signum)
+    finally:
+        os.close(fd)
 
 
 async def end_session(sid: int, *, leader: int, grace: float) -> bool:
