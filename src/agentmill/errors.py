@@ -23,7 +23,8 @@ cancelled run is recorded as cancelled, an interrupted one stays resumable.
         ├── InternalError           -- anything unexpected: users see an id, the log the rest
         └── PolicyRefusal           -- a guard refused the call; never retried
             ├── BudgetExceeded      -- names the budget level, its limit and the spend
-            └── GuardBlocked        -- prompt-injection screen or a size limit
+            ├── GuardBlocked        -- prompt-injection screen or a size limit
+            └── LoopStopped         -- an agent loop past its guards (turns, tool calls)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "InputError",
     "InternalError",
     "InvalidStateError",
+    "LoopStopped",
     "MissingCredentialError",
     "MissingDependencyError",
     "NotFoundError",
@@ -215,3 +217,8 @@ def _amount(unit: str, value: float) -> str:
 
 class GuardBlocked(PolicyRefusal):
     """A call refused by a guard: injection screen (names the pattern) or a size limit."""
+
+
+class LoopStopped(PolicyRefusal):
+    """An agent loop stopped by its guards: the model kept calling tools after it was told to
+    answer, or a tool kept failing past its retries. The message names the guard."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 __all__ = [
     "Agent",
     "DurableContext",
+    "ModelTurn",
     "StepContext",
     "StepRequest",
     "StepResult",
@@ -38,11 +39,36 @@ class StepRequest:
     attempt: int = 1
     untrusted: tuple[tuple[str, str], ...] = ()
     """Untrusted text the prompt includes, as (source, text): e.g. ("inputs.body", ...)."""
+    turn: ModelTurn | None = None
+    """Set on the model requests an agent loop with tools makes: the conversation so far
+    and the tools offered. `prompt` is then the whole request as canonical text."""
+
+    @property
+    def step_key(self) -> str:
+        """The step call's identity within its run: `step` or `step[index]`."""
+        return self.step_id if self.index is None else f"{self.step_id}[{self.index}]"
 
     @property
     def key(self) -> str:
-        """Stable identity of this call within its run (also the idempotency key suffix)."""
-        return self.step_id if self.index is None else f"{self.step_id}[{self.index}]"
+        """Stable identity of this call within its run (also the idempotency key suffix):
+        the step call's key, with `#m<n>` for the n-th model request of an agent loop."""
+        if self.turn is None:
+            return self.step_key
+        return f"{self.step_key}#m{self.turn.number}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelTurn:
+    """One model request of an agent loop: pydantic-ai messages and request parameters."""
+
+    number: int
+    messages: list[Any]
+    """`pydantic_ai.messages.ModelMessage`s, the conversation so far."""
+    parameters: Any
+    """`pydantic_ai.models.ModelRequestParameters`: the tools offered, the output mode."""
+    settings: Any = None
+    """`pydantic_ai.settings.ModelSettings` pydantic-ai's agent asks for (merged over the
+    agent's own)."""
 
 
 @dataclass(kw_only=True)

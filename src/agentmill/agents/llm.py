@@ -8,11 +8,13 @@ which validates the output and asks the model again when it does not fit.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agentmill.agents.base import (
     Agent,
+    ModelTurn,
     StepContext,
     StepRequest,
     StepResult,
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from pydantic_ai.settings import ModelSettings
     from pydantic_ai.usage import RequestUsage, RunUsage
 
-__all__ = ["LLMAgent"]
+__all__ = ["LLMAgent", "canonical_text"]
 
 
 class LLMAgent(Agent):
@@ -66,7 +68,9 @@ class LLMAgent(Agent):
 
     async def run(self, request: StepRequest, context: StepContext) -> StepResult:
         with map_provider_errors(self.label):
-            if self._output_schema is not None:
+            if request.turn is not None:
+                result = await self._run_turn(request.turn, context)
+            elif self._output_schema is not None:
                 result = await self._run_structured(request.prompt)
             else:
                 result = await self._run_text(request.prompt, context)
@@ -105,6 +109,44 @@ class LLMAgent(Agent):
             usage.output_tokens = max(usage.output_tokens, chunks)
         return StepResult(output=output, model=self.label, usage=usage)
 
+    async def _run_turn(self, turn: ModelTurn, context: StepContext) -> StepResult:
+        """One model request of an agent loop, streamed; the output is the response in
+        pydantic-ai's JSON form (what the loop records and the cache stores)."""
+        from pydantic_ai.direct import model_request, model_request_stream
+        from pydantic_ai.messages import ModelMessagesTypeAdapter
+        from pydantic_ai.settings import merge_model_settings
+
+        settings = merge_model_settings(self._settings, turn.settings)
+        chunks = 0
+        if not _streams(self._model):
+            response = await model_request(
+                self._model,
+                turn.messages,
+                model_settings=settings,
+                model_request_parameters=turn.parameters,
+            )
+            if response.text:
+                chunks = 1
+                await context.emit_text(response.text)
+        else:
+            async with model_request_stream(
+                self._model,
+                turn.messages,
+                model_settings=settings,
+                model_request_parameters=turn.parameters,
+            ) as stream:
+                async for text in _text_deltas(stream):
+                    chunks += 1
+                    await context.emit_text(text)
+                response = stream.get()
+        usage = _usage(response.usage, requests=1)
+        if usage.estimated:
+            sent = [self.instructions, canonical_text(turn)]
+            usage = _estimate(usage, sent=sent, received=json.dumps(_parts_json(response)))
+            usage.output_tokens = max(usage.output_tokens, chunks)
+        output = ModelMessagesTypeAdapter.dump_python([response], mode="json")[0]
+        return StepResult(output=output, model=self.label, usage=usage)
+
     async def _run_structured(self, prompt: str) -> StepResult:
         from pydantic_ai import Agent as PydanticAgent
         from pydantic_ai.output import StructuredDict
@@ -122,6 +164,66 @@ class LLMAgent(Agent):
             sent = [self.instructions, prompt, json.dumps(self._output_schema)]
             usage = _estimate(usage, sent=sent, received=json.dumps(result.output))
         return StepResult(output=result.output, model=self.label, usage=usage)
+
+
+async def _text_deltas(stream: Any) -> AsyncIterator[str]:
+    """The text a streamed response writes, chunk by chunk (tool calls are not text)."""
+    from pydantic_ai.messages import PartDeltaEvent, PartStartEvent, TextPart, TextPartDelta
+
+    async for event in stream:
+        if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+            text = event.part.content
+        elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+            text = event.delta.content_delta
+        else:
+            continue
+        if text:
+            yield text
+
+
+def _streams(model: Model) -> bool:
+    """Whether the model can stream: a test's `FunctionModel` may script whole responses
+    only (its `function`, no `stream_function`)."""
+    from pydantic_ai.models.function import FunctionModel
+
+    return not (isinstance(model, FunctionModel) and model.stream_function is None)
+
+
+def canonical_text(turn: ModelTurn) -> str:
+    """A model request as canonical JSON text: what it sends (messages, tools, output
+    mode) without timestamps or ids that differ between identical requests. The cache keys
+    on it; budgets, rate limits and the prompt size guard measure it."""
+    messages = [_message_json(message) for message in turn.messages]
+    parameters = turn.parameters
+    tools = [
+        {"name": t.name, "description": t.description, "parameters": t.parameters_json_schema}
+        for t in [*parameters.function_tools, *parameters.output_tools]
+    ]
+    document = {"messages": messages, "tools": tools, "output_mode": parameters.output_mode}
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+
+
+_VOLATILE = frozenset({"timestamp", "provider_response_id", "run_id", "provider_details"})
+
+
+def _message_json(message: Any) -> dict[str, Any]:
+    from pydantic_ai.messages import ModelMessagesTypeAdapter
+
+    data: dict[str, Any] = ModelMessagesTypeAdapter.dump_python([message], mode="json")[0]
+    return _without_volatile(data)
+
+
+def _without_volatile(value: Any) -> Any:
+    if isinstance(value, dict):
+        items = cast("dict[str, Any]", value).items()
+        return {k: _without_volatile(v) for k, v in items if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_without_volatile(v) for v in cast("list[Any]", value)]
+    return value
+
+
+def _parts_json(response: Any) -> list[dict[str, Any]]:
+    return _message_json(response).get("parts", [])
 
 
 def _model_settings(max_tokens: int | None, temperature: float | None) -> ModelSettings:

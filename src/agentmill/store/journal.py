@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from agentmill.store.db import create_sync_engine
-from agentmill.store.records import EventRecord, StepRecord
+from agentmill.store.records import CallRecord, EventRecord, StepRecord
 
 __all__ = ["Journal"]
 
@@ -30,7 +30,8 @@ logger = logging.getLogger("agentmill.store")
 
 _STEP_FIELDS = [f.name for f in fields(StepRecord)]
 _EVENT_FIELDS = [f.name for f in fields(EventRecord)]
-_JSON_FIELDS = frozenset({"output", "usage", "data", "details"})
+_CALL_FIELDS = [f.name for f in fields(CallRecord)]
+_JSON_FIELDS = frozenset({"output", "usage", "data", "details", "arguments", "result"})
 _RETRY_FOR = 30.0  # long enough for a PostgreSQL restart
 _FIRST_RETRY_DELAY = 0.1
 _MAX_RETRY_DELAY = 2.0
@@ -38,17 +39,18 @@ _Waiter = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
 
 
 class Journal:
-    """Queues step and event rows and writes them in batched transactions."""
+    """Queues step, call and event rows and writes them in batched transactions."""
 
     def __init__(self, url: str, *, flush_interval: float = 0.05) -> None:
         self._engine = create_sync_engine(url)
-        self._step_sql, self._event_sql = _statements(self._engine.dialect.name)
+        self._step_sql, self._event_sql, self._call_sql = _statements(self._engine.dialect.name)
         self._connection: Any = None
         self._flush_interval = flush_interval
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._events: list[dict[str, Any]] = []
         self._steps: dict[tuple[str, str], dict[str, Any]] = {}
+        self._calls: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._run_updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self._waiters: list[_Waiter] = []
         self._flushing = False
@@ -72,6 +74,15 @@ class Journal:
         with self._lock:
             self._steps[(step.run_id, step.key)] = row
 
+    def put_call(self, call: CallRecord) -> None:
+        """Queue a model request's or tool call's record (the latest one per call wins)."""
+        row = {name: getattr(call, name) for name in _CALL_FIELDS}
+        row["status"] = str(call.status)
+        for name in ("arguments", "result", "usage", "details"):
+            row[name] = None if row[name] is None else json.dumps(row[name])
+        with self._lock:
+            self._calls[(call.run_id, call.step, call.call_id)] = row
+
     def add_final(self, event: EventRecord, *, expected_owner: str, **values: Any) -> None:
         """Queue a run's last event with its final state: one transaction, and only if
         `expected_owner` still owns the run. A displaced owner writes neither, so its
@@ -93,7 +104,9 @@ class Journal:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if not (self._events or self._steps or self._run_updates or self._flushing):
+            if not (
+                self._events or self._steps or self._calls or self._run_updates or self._flushing
+            ):
                 return
             self._waiters.append((loop, future))
         self._wake.set()
@@ -114,7 +127,9 @@ class Journal:
             self._wake.clear()
             self._flush()
             with self._lock:
-                idle = not (self._events or self._steps or self._run_updates or self._waiters)
+                idle = not (
+                    self._events or self._steps or self._calls or self._run_updates or self._waiters
+                )
             if self._closing and idle:
                 return
 
@@ -122,13 +137,15 @@ class Journal:
         with self._lock:
             event_rows, self._events = self._events, []
             step_rows, self._steps = list(self._steps.values()), {}
+            call_rows, self._calls = list(self._calls.values()), {}
             run_rows, self._run_updates = self._run_updates, []
             waiters, self._waiters = self._waiters, []
-            self._flushing = bool(event_rows or step_rows or run_rows)
+            self._flushing = bool(event_rows or step_rows or call_rows or run_rows)
         error: BaseException | None = None
         try:
-            if event_rows or step_rows or run_rows:
-                error = self._write_with_retries(_Batch(step_rows, event_rows, run_rows))
+            if event_rows or step_rows or call_rows or run_rows:
+                batch = _Batch(step_rows, event_rows, run_rows, call_rows)
+                error = self._write_with_retries(batch)
         finally:
             with self._lock:
                 self._flushing = False
@@ -161,7 +178,11 @@ class Journal:
         dialect = self._engine.dialect.name
         cursor = self._connection.cursor()
         try:
-            for sql, rows in ((self._step_sql, batch.steps), (self._event_sql, batch.events)):
+            for sql, rows in (
+                (self._step_sql, batch.steps),
+                (self._call_sql, batch.calls),
+                (self._event_sql, batch.events),
+            ):
                 if rows:
                     cursor.executemany(sql, rows)
             for row, event in batch.runs:
@@ -203,6 +224,7 @@ class _Batch:
     events: list[dict[str, Any]]
     runs: list[tuple[dict[str, Any], dict[str, Any]]]
     """Owner-fenced run updates, each with the terminal event written only if it applies."""
+    calls: list[dict[str, Any]]
 
 
 def _placeholder(dialect: str, column: str) -> str:
@@ -222,8 +244,8 @@ def _run_update_sql(dialect: str, row: dict[str, Any]) -> str:
     return f"UPDATE am_runs SET {assignments} WHERE {where}"  # noqa: S608
 
 
-def _statements(dialect: str) -> tuple[str, str]:
-    """The step upsert and event insert in the dialect's parameter style."""
+def _statements(dialect: str) -> tuple[str, str, str]:
+    """The step upsert, event insert and call upsert in the dialect's parameter style."""
 
     def insert(table: str, columns: list[str]) -> str:
         values = ", ".join(_placeholder(dialect, c) for c in columns)
@@ -236,7 +258,14 @@ def _statements(dialect: str) -> tuple[str, str]:
     )
     # A duplicate (run, seq) can only be a replay of an event already stored: keep the first.
     event_sql = insert("am_events", _EVENT_FIELDS) + " ON CONFLICT (run_id, seq) DO NOTHING"
-    return step_sql, event_sql
+    call_updates = ", ".join(
+        f"{c} = excluded.{c}" for c in _CALL_FIELDS if c not in {"run_id", "step", "call_id"}
+    )
+    call_sql = (
+        insert("am_calls", _CALL_FIELDS)
+        + f" ON CONFLICT (run_id, step, call_id) DO UPDATE SET {call_updates}"
+    )
+    return step_sql, event_sql, call_sql
 
 
 def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["EventRecord", "RunRecord", "RunStatus", "StepRecord", "StepStatus"]
+__all__ = [
+    "CallRecord",
+    "CallStatus",
+    "EventRecord",
+    "RunRecord",
+    "RunStatus",
+    "StepRecord",
+    "StepStatus",
+]
 
 
 class RunStatus(StrEnum):
@@ -95,6 +103,47 @@ class StepRecord:
     """None when the call was made but its price is unknown, or for steps without a call."""
     details: dict[str, Any] | None = None
     """What the policies did: `cached`, `fallback`, `guard` ..."""
+
+
+class CallStatus(StrEnum):
+    """Where one model request or tool call of a step stands."""
+
+    RUNNING = "running"
+    WAITING = "waiting"
+    """A tool call waiting for a person's approval."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """A tool call that ended in an error the model was shown (it is not run again)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallRecord:
+    """One model request or tool call inside a step, as the durable agent loop recorded it.
+
+    A finished call is replayed from this record when its step runs again (after a crash or
+    a retry): the model is not asked again and the tool is not run again."""
+
+    run_id: str
+    step: str
+    """The step's key (`step` or `step[index]`)."""
+    call_id: str
+    """`m<turn>` for the turn's model request, `t<turn>.<n>` for its n-th tool call."""
+    kind: str
+    """`model` or `tool`."""
+    name: str
+    """The model's label, or the tool's name."""
+    status: CallStatus
+    attempt: int
+    """The step attempt that made the call."""
+    arguments: Any = None
+    result: Any = None
+    """The model's response (pydantic-ai's JSON form), or the tool's result as JSON."""
+    error: str | None = None
+    usage: dict[str, int] | None = None
+    cost_usd: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,8 +17,16 @@ from agentmill.errors import NotFoundError
 from agentmill.store.db import create_engine, create_sync_engine, database_error, migrate
 from agentmill.store.journal import Journal
 from agentmill.store.reconnect import reconnecting
-from agentmill.store.records import EventRecord, RunRecord, RunStatus, StepRecord, StepStatus
-from agentmill.store.tables import events, runs, steps
+from agentmill.store.records import (
+    CallRecord,
+    CallStatus,
+    EventRecord,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+)
+from agentmill.store.tables import calls, events, runs, steps
 
 __all__ = ["Store"]
 
@@ -286,6 +294,17 @@ class Store:
         return [_step_record(row._mapping) for row in rows]
 
     @reconnecting
+    async def calls(self, run_id: str, step: str | None = None) -> list[CallRecord]:
+        """The model requests and tool calls recorded for a run (or one step of it), in the
+        order they started."""
+        query = sa.select(calls).where(calls.c.run_id == run_id)
+        if step is not None:
+            query = query.where(calls.c.step == step)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(calls.c.started_at))).all()
+        return [_call_record(row._mapping) for row in rows]
+
+    @reconnecting
     async def copy_steps(self, source: str, target: str, *, step_ids: set[str]) -> int:
         """Copy the finished checkpoints of `step_ids` from one run to another."""
         finished = [str(StepStatus.SUCCEEDED), str(StepStatus.SKIPPED)]
@@ -333,3 +352,9 @@ def _step_record(row: Any) -> StepRecord:
     data = dict(row)
     data["status"] = StepStatus(data["status"])
     return StepRecord(**data)
+
+
+def _call_record(row: Any) -> CallRecord:
+    data = dict(row)
+    data["status"] = CallStatus(data["status"])
+    return CallRecord(**data)

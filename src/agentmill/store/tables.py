@@ -15,6 +15,7 @@ __all__ = [
     "budget_ledger",
     "cache_entries",
     "cache_stats",
+    "calls",
     "deliveries",
     "events",
     "metadata",
@@ -81,6 +82,26 @@ steps = sa.Table(
     sa.Column("finished_at", sa.Float, nullable=True),
     # added in 0003
     sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("details", sa.JSON, nullable=True),
+)
+
+calls = sa.Table(
+    "am_calls",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("step", sa.String(300), primary_key=True),
+    sa.Column("call_id", sa.String(100), primary_key=True),
+    sa.Column("kind", sa.String(10), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("arguments", sa.JSON, nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("usage", sa.JSON, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
     sa.Column("details", sa.JSON, nullable=True),
 )
 
