@@ -35,10 +35,25 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.llama-installed | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.demo-installed
 
+# Real MCP servers from npm for the tests, pinned, under the virtualenv (tests/tools find them
+# there). Without npm nothing is installed and those tests skip, saying why; a failed install
+# (offline) warns and is tried again by the next `make`.
+MCP_NODE := $(VENV)/mcp-node
+MCP_NODE_PACKAGES := @modelcontextprotocol/server-everything@2026.8.31 \
+	@modelcontextprotocol/server-filesystem@2026.8.31
+MCP_NODE_STAMP := $(MCP_NODE)/.installed-2026.8.31
+
+$(MCP_NODE_STAMP): | $(BIN)/python
+	@if command -v npm >/dev/null 2>&1; then \
+		echo "installing the npm MCP servers of the tests into $(MCP_NODE)"; \
+		if npm install --silent --no-audit --no-fund --prefix $(MCP_NODE) $(MCP_NODE_PACKAGES); \
+		then touch $@; else echo "warning: npm install failed: the npm MCP server tests will skip"; fi; \
+	fi
+
 demo: $(VENV)/.demo-installed ## Run the example workflow on SQLite + the local model
 	$(BIN)/agentmill run examples/code-review.yaml review --input diff=@examples/sample.diff
 
-test: $(VENV)/.dev-installed ## Run the whole test suite
+test: $(VENV)/.dev-installed $(MCP_NODE_STAMP) ## Run the whole test suite
 	$(BIN)/pytest
 
 lint: $(VENV)/.dev-installed ## Check formatting and lint
