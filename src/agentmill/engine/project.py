@@ -9,13 +9,32 @@ from agentmill.errors import ConfigProblem, UserError
 from agentmill.spec.loader import LoadedProject, load_project
 from agentmill.spec.models import ModelEndpoint
 
-__all__ = ["cli_problems", "load_checked", "model_problems"]
+__all__ = [
+    "cli_problems",
+    "load_checked",
+    "machine_problems",
+    "model_problems",
+    "tool_problems",
+]
 
 
 def load_checked(path: Path) -> LoadedProject:
-    """Load and validate a config file, including that every model and command-line tool
-    it uses is usable here."""
-    return load_project(path, checks=lambda loaded: model_problems(loaded) + cli_problems(loaded))
+    """Load and validate a config file, including that every model, command-line tool and
+    agent tool it uses is usable here."""
+    return load_project(path, checks=machine_problems)
+
+
+def machine_problems(loaded: LoadedProject) -> list[ConfigProblem]:
+    """What stops the file's models, command-line agents and agents' tools on this machine."""
+    return model_problems(loaded) + cli_problems(loaded) + tool_problems(loaded)
+
+
+def tool_problems(loaded: LoadedProject) -> list[ConfigProblem]:
+    """Function tools that do not import, MCP programs not found, unset header variables,
+    missing workspaces (see `agentmill.agents.tools.checks`)."""
+    from agentmill.agents.tools.checks import machine_tool_problems
+
+    return machine_tool_problems(loaded)
 
 
 def cli_problems(loaded: LoadedProject) -> list[ConfigProblem]:

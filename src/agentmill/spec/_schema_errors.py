@@ -16,9 +16,11 @@ from agentmill.errors import ConfigProblem
 from agentmill.spec.models import (
     AgentSpec,
     InputSpec,
+    McpServerSpec,
     ModelEndpoint,
     ProjectSpec,
     StepSpec,
+    ToolSpec,
     WorkflowSpec,
 )
 from agentmill.spec.validate import did_you_mean
@@ -33,7 +35,9 @@ _OWNERS: tuple[tuple[NodePath, str, type[BaseModel]], ...] = (
     (("workflows", "*", "steps", "#"), "step", StepSpec),
     (("workflows", "*", "inputs", "*"), "input", InputSpec),
     (("workflows", "*"), "workflow", WorkflowSpec),
+    (("agents", "*", "tools", "#"), "tool", ToolSpec),
     (("agents", "*"), "agent", AgentSpec),
+    (("mcp", "*"), "MCP server", McpServerSpec),
     (("models", "*"), "model", ModelEndpoint),
     ((), "top level", ProjectSpec),
 )
@@ -77,15 +81,17 @@ class _Owner:
     kind: str
     model: type[BaseModel]
     name: str
+    parent: str = ""
+    """Whose it is, for owners named within another (" of agent 'x'" for a tool)."""
 
     @property
     def where(self) -> str:
-        return f"in {self.kind} '{self.name}'" if self.path else "at the top level"
+        return f"in {self.kind} '{self.name}'{self.parent}" if self.path else "at the top level"
 
     def subject(self, path: NodePath) -> str:
         relative = path[len(self.path) :]
         if not relative:
-            return f"{self.kind} '{self.name}'"
+            return f"{self.kind} '{self.name}'{self.parent}"
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in relative)[1:]
         return f"'{key}' {self.where}" if self.path else f"'{key}'"
 
@@ -214,7 +220,9 @@ def _owner(path: NodePath, data: Any) -> _Owner:
     for pattern, kind, model in _OWNERS:
         if len(path) >= len(pattern) and all(map(_matches, pattern, path)):
             owner_path = path[: len(pattern)]
-            return _Owner(path=owner_path, kind=kind, model=model, name=_name(owner_path, data))
+            parent = f" of agent '{owner_path[1]}'" if model is ToolSpec else ""
+            name = _name(owner_path, data)
+            return _Owner(path=owner_path, kind=kind, model=model, name=name, parent=parent)
     raise AssertionError("the empty pattern matches every path")
 
 
@@ -231,4 +239,18 @@ def _name(path: NodePath, data: Any) -> str:
     if path[:1] == ("workflows",) and isinstance(path[-1], int):
         step_id = node.get("id") if isinstance(node, dict) else None
         return step_id if isinstance(step_id, str) else f"#{path[-1] + 1}"
+    if path[:1] == ("agents",) and isinstance(path[-1], int):
+        return _tool_name(node, path[-1])
     return str(path[-1]) if path else ""
+
+
+def _tool_name(node: Any, position: int) -> str:
+    """A `tools:` entry as messages name it: `read_file`, `mcp: git`, or `#2` if it has none."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, dict):
+        for kind in ("builtin", "mcp", "function", "agent"):
+            value = node.get(kind)
+            if isinstance(value, str):
+                return value if kind == "builtin" else f"{kind}: {value}"
+    return f"#{position + 1}"

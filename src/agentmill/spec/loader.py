@@ -24,7 +24,15 @@ from agentmill.errors import ConfigError, ConfigProblem
 from agentmill.spec._schema_errors import schema_problems
 from agentmill.spec._yaml_limits import MAX_DEPTH, MAX_VALUES, LimitedLoader, YamlLimitExceeded
 from agentmill.spec.files import FileTooLarge, read_bytes_at_most
-from agentmill.spec.models import AgentSpec, ModelEndpoint, ProjectSpec, StepSpec, WorkflowSpec
+from agentmill.spec.models import (
+    AgentSpec,
+    McpServerSpec,
+    ModelEndpoint,
+    ProjectSpec,
+    StepSpec,
+    ToolSpec,
+    WorkflowSpec,
+)
 from agentmill.spec.validate import validate_project
 
 __all__ = [
@@ -301,12 +309,28 @@ def _salvage(data: dict[Any, Any]) -> ProjectSpec:
             models[name] = ModelEndpoint.model_construct(name="?")
     agents: dict[str, AgentSpec] = {}
     for name, value in _section(data, "agents").items():
-        agents[name] = _lenient(AgentSpec, value) or AgentSpec.model_construct()
+        agents[name] = _lenient_agent(value) or AgentSpec.model_construct()
     workflows: dict[str, WorkflowSpec] = {}
     for name, value in _section(data, "workflows").items():
         if (workflow := _lenient_workflow(value)) is not None:
             workflows[name] = workflow
-    return ProjectSpec.model_construct(models=models, agents=agents, workflows=workflows)
+    mcp = {
+        name: _lenient(McpServerSpec, value) or McpServerSpec.model_construct()
+        for name, value in _section(data, "mcp").items()
+    }
+    return ProjectSpec.model_construct(models=models, agents=agents, workflows=workflows, mcp=mcp)
+
+
+def _lenient_agent(value: Any) -> AgentSpec | None:
+    """An agent whose invalid `tools:` entries are blanks, so the valid ones keep their
+    positions (and lines) for the cross-reference checks."""
+    if not isinstance(value, dict) or not isinstance(tools := value.get("tools"), list):
+        return _lenient(AgentSpec, value)
+    agent = _lenient(AgentSpec, {**value, "tools": []})
+    if agent is None:
+        return None
+    kept = [_lenient(ToolSpec, tool) or ToolSpec.model_construct() for tool in tools]
+    return agent.model_copy(update={"tools": kept})
 
 
 def _section(data: dict[Any, Any], key: str) -> dict[str, Any]:
@@ -326,6 +350,8 @@ def _lenient_workflow(value: Any) -> WorkflowSpec | None:
 
 def _lenient(model: type[_M], value: Any) -> _M | None:
     """`value` as a `model` without its invalid top-level keys, or None if that fails too."""
+    if isinstance(value, str) and model is ToolSpec:
+        value = {"builtin": value}
     if not isinstance(value, dict):
         return None
     try:

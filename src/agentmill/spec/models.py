@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from agentmill.spec._base import Strict
 from agentmill.spec.durations import Duration
 from agentmill.spec.presets import PresetSpec
 from agentmill.spec.sizes import Size
+from agentmill.spec.tools import McpServerSpec, ToolSpec
 
 __all__ = [
     "DEFAULT_APPROVAL_TIMEOUT",
+    "DEFAULT_MAX_TOOL_CALLS",
+    "DEFAULT_MAX_TURNS",
     "DEFAULT_MODEL",
     "AgentSpec",
     "ApprovalSpec",
@@ -28,12 +32,14 @@ __all__ = [
     "GithubTrigger",
     "GuardSpec",
     "InputSpec",
+    "McpServerSpec",
     "ModelEndpoint",
     "ModelPrice",
     "PeriodBudgets",
     "ProjectSpec",
     "RateLimitSpec",
     "StepSpec",
+    "ToolSpec",
     "TriggerSpec",
     "WorkflowSpec",
 ]
@@ -50,18 +56,14 @@ document and JavaScript clients hold numbers as doubles) and a 64-bit column can
 STEP_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class ModelPrice(_Strict):
+class ModelPrice(Strict):
     """The price of a model the `genai-prices` table does not know, per million tokens."""
 
     input: float = Field(ge=0, description="US dollars per million input tokens")
     output: float = Field(ge=0, description="US dollars per million output tokens")
 
 
-class ModelEndpoint(_Strict):
+class ModelEndpoint(Strict):
     """A model served by a provider at an explicit endpoint (e.g. Ollama, vLLM, OpenRouter)."""
 
     provider: Literal["openai", "anthropic", "google"] = "openai"
@@ -88,7 +90,7 @@ def _at_least_one_limit(schema: dict[str, Any]) -> None:
     ]
 
 
-class BudgetSpec(_Strict):
+class BudgetSpec(Strict):
     """A spending limit in US dollars, tokens (input + output), or both."""
 
     model_config = ConfigDict(json_schema_extra=_at_least_one_limit)
@@ -103,26 +105,26 @@ class BudgetSpec(_Strict):
         return self
 
 
-class PeriodBudgets(_Strict):
+class PeriodBudgets(Strict):
     """Limits per calendar day and per calendar month (UTC)."""
 
     day: BudgetSpec | None = None
     month: BudgetSpec | None = None
 
 
-class BudgetsSpec(_Strict):
+class BudgetsSpec(Strict):
     """Budgets beyond one run: per tenant, per day or month."""
 
     tenants: dict[str, PeriodBudgets] = Field(default_factory=dict)
 
 
-class CacheSpec(_Strict):
+class CacheSpec(Strict):
     """Exact-match response cache for an agent (needs AGENTMILL_CACHE_SECRET)."""
 
     ttl: Duration = Field(default=3600.0, description="How long an entry may be reused")
 
 
-class RateLimitSpec(_Strict):
+class RateLimitSpec(Strict):
     """A provider's limits, shared by every worker on the database."""
 
     rpm: int | None = Field(default=None, gt=0, description="Requests per minute")
@@ -130,14 +132,14 @@ class RateLimitSpec(_Strict):
     concurrency: int | None = Field(default=None, gt=0, description="Requests in flight")
 
 
-class BreakerSpec(_Strict):
+class BreakerSpec(Strict):
     """Circuit breaker per provider: open after `failures` in a row, probe after `reset`."""
 
     failures: int = Field(default=5, gt=0)
     reset: Duration = Field(default=30.0, description="Seconds open before a probe")
 
 
-class GuardSpec(_Strict):
+class GuardSpec(Strict):
     """Screening of untrusted text and size limits for a workflow's agent calls."""
 
     injection: Literal["off", "flag", "block"] = Field(
@@ -147,7 +149,7 @@ class GuardSpec(_Strict):
     max_output_chars: int | None = Field(default=None, gt=0)
 
 
-class CliLimits(_Strict):
+class CliLimits(Strict):
     """Resource limits of a command-line agent's processes (each process, except `processes`)."""
 
     cpu: Duration | None = Field(default=None, description="CPU time per process")
@@ -155,6 +157,9 @@ class CliLimits(_Strict):
     processes: int | None = Field(default=None, gt=0, description="Processes alive at once")
     files: int | None = Field(default=None, gt=0, description="Open files per process")
 
+
+DEFAULT_MAX_TURNS = 20
+DEFAULT_MAX_TOOL_CALLS = 50
 
 WORKTREE = "worktree"
 """`workdir: worktree`: a fresh git worktree of `repo` per step, on its own branch."""
@@ -168,14 +173,15 @@ _LLM_ONLY = (
     "budget",
     "cache",
     "fallback",
+    "tools",
+    "max_turns",
+    "max_tool_calls",
 )
 _CLI_ONLY = (
     "preset",
     "command",
     "args",
     "env",
-    "workdir",
-    "repo",
     "max_output",
     "limits",
     "stdin",
@@ -184,7 +190,7 @@ _CLI_ONLY = (
 )
 
 
-class AgentSpec(_Strict):
+class AgentSpec(Strict):
     """An agent: an LLM (`runtime: llm`, the default) or a command-line tool (`runtime: cli`)."""
 
     runtime: Literal["llm", "cli"] = "llm"
@@ -220,14 +226,26 @@ class AgentSpec(_Strict):
         description="cli: environment variables passed to the tool (default: the preset's)",
     )
     workdir: str | None = Field(
-        default=None, description="cli: `worktree` (default) or a directory"
+        default=None,
+        description="A directory (relative to the config file) or `worktree`. cli: where the "
+        "tool runs (default `worktree`); llm: the workspace of its built-in tools (default: "
+        "the config file's directory)",
     )
-    repo: str = Field(default=".", description="cli: the git repository worktrees come from")
+    repo: str = Field(default=".", description="The git repository worktrees come from")
     max_output: Size = Field(default=1_000_000, description="cli: stdout bytes kept")
     limits: CliLimits = Field(default_factory=CliLimits)
     stdin: str | None = Field(default=None, description="cli: template written to stdin")
     keep_worktree: Literal["on-failure", "always", "never"] = "on-failure"
     grace: Duration = Field(default=10.0, description="cli: SIGTERM to SIGKILL on a stop")
+    tools: list[ToolSpec] = Field(
+        default_factory=list, description="What the agent may call: built-ins, MCP, functions"
+    )
+    max_turns: int = Field(
+        default=DEFAULT_MAX_TURNS, gt=0, le=1000, description="Model requests per step"
+    )
+    max_tool_calls: int = Field(
+        default=DEFAULT_MAX_TOOL_CALLS, gt=0, le=10_000, description="Tool calls per step"
+    )
 
     @model_validator(mode="after")
     def _fields_of_its_runtime(self) -> AgentSpec:
@@ -244,7 +262,7 @@ class AgentSpec(_Strict):
 InputType = Literal["string", "integer", "number", "boolean", "list", "object"]
 
 
-class InputSpec(_Strict):
+class InputSpec(Strict):
     """A typed workflow input; inputs without a default are required."""
 
     type: InputType = "string"
@@ -258,7 +276,7 @@ class InputSpec(_Strict):
         return "default" not in self.model_fields_set
 
 
-class ApprovalSpec(_Strict):
+class ApprovalSpec(Strict):
     """A gate: the run waits (durably) until a person approves or rejects, or it expires."""
 
     prompt: str = Field(default="", description="Template shown to the approver")
@@ -269,7 +287,7 @@ class ApprovalSpec(_Strict):
     )
 
 
-class StepSpec(_Strict):
+class StepSpec(Strict):
     """One step: an agent call with a templated prompt, or an approval gate.
 
     A step runs when everything it `needs` is done.
@@ -300,7 +318,7 @@ class StepSpec(_Strict):
         return self
 
 
-class WorkflowSpec(_Strict):
+class WorkflowSpec(Strict):
     """A DAG of steps with typed inputs."""
 
     description: str = ""
@@ -326,14 +344,14 @@ DEFAULT_CONCURRENCY_KEY = (
 Events with none of these get the delivery id, so they never supersede or queue."""
 
 
-class ConcurrencySpec(_Strict):
+class ConcurrencySpec(Strict):
     """Runs sharing a key: a new one supersedes (cancels) or queues behind the active one."""
 
     key: str = Field(default=DEFAULT_CONCURRENCY_KEY, description="Template over the event")
     mode: Literal["supersede", "queue", "allow"] = "supersede"
 
 
-class GithubTrigger(_Strict):
+class GithubTrigger(Strict):
     """Start a workflow on GitHub webhook events."""
 
     events: list[str] = Field(
@@ -346,13 +364,13 @@ class GithubTrigger(_Strict):
     concurrency: ConcurrencySpec = Field(default_factory=ConcurrencySpec)
 
 
-class TriggerSpec(_Strict):
+class TriggerSpec(Strict):
     """What starts a workflow besides a person: today, GitHub webhooks."""
 
     github: GithubTrigger
 
 
-class ProjectSpec(_Strict):
+class ProjectSpec(Strict):
     """A whole config file."""
 
     version: Literal[1] = 1
@@ -368,6 +386,9 @@ class ProjectSpec(_Strict):
     presets: dict[str, PresetSpec] = Field(
         default_factory=dict,
         description="Command-line tools: new presets, or fields changed in a built-in one",
+    )
+    mcp: dict[str, McpServerSpec] = Field(
+        default_factory=dict, description="MCP servers the agents' `tools:` may name"
     )
 
     def model_for(self, agent: AgentSpec) -> str | ModelEndpoint:

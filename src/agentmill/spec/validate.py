@@ -30,6 +30,8 @@ __all__ = [
     "STEP_FIELDS",
     "TRIGGER_VARIABLES",
     "did_you_mean",
+    "find_cycles",
+    "join_hints",
     "model_string_problem",
     "validate_project",
 ]
@@ -74,7 +76,10 @@ def did_you_mean(word: str, options: Iterable[str]) -> str | None:
 
 def validate_project(loaded: LoadedProject) -> list[ConfigProblem]:
     """Every cross-reference problem of a loaded project, in file order per section."""
+    from agentmill.spec._validate_tools import tool_problems  # it builds on this module
+
     problems = _check_models(loaded) + _check_agents(loaded) + _check_limits(loaded)
+    problems += tool_problems(loaded)
     for name in loaded.spec.workflows:
         problems += _WorkflowCheck(loaded, name).run()
     for position in range(len(loaded.spec.triggers)):
@@ -90,7 +95,7 @@ def model_string_problem(model: str) -> Problem | None:
     if provider not in KNOWN_PROVIDERS:
         known = f"known providers: {', '.join(KNOWN_PROVIDERS)}"
         hint = did_you_mean(provider, KNOWN_PROVIDERS)
-        return f"unknown model provider '{provider}' in '{model}'", _join(hint, known)
+        return f"unknown model provider '{provider}' in '{model}'", join_hints(hint, known)
     if provider == "local" and model not in LOCAL_MODELS:
         return f"unknown local model '{model}'", f"local models: {', '.join(LOCAL_MODELS)}"
     return None
@@ -112,7 +117,7 @@ def _model_ref_problem(ref: str, aliases: list[str]) -> Problem | None:
     found = model_string_problem(ref)
     if found and ":" not in ref:
         known = f"use a name from 'models' ({', '.join(aliases) or 'none defined'})"
-        return f"unknown model '{ref}'", _join(
+        return f"unknown model '{ref}'", join_hints(
             did_you_mean(ref, aliases), f"{known} or provider:name"
         )
     return found
@@ -143,7 +148,9 @@ def _check_limits(loaded: LoadedProject) -> list[ConfigProblem]:
     for key in loaded.spec.limits:
         provider = key.partition(":")[0]
         if provider not in KNOWN_PROVIDERS:
-            hint = _join(did_you_mean(provider, KNOWN_PROVIDERS), "e.g. openai or openai:gpt-4o")
+            hint = join_hints(
+                did_you_mean(provider, KNOWN_PROVIDERS), "e.g. openai or openai:gpt-4o"
+            )
             message = f"limits: '{key}' names no known provider"
             problems.append(loaded.problem(message, "limits", key, hint=hint))
     return problems
@@ -209,7 +216,7 @@ class _WorkflowCheck:
             )
         for number, need in enumerate(step.needs):
             if need not in self.index:
-                hint = _join(did_you_mean(need, self.index), self.known_steps)
+                hint = join_hints(did_you_mean(need, self.index), self.known_steps)
                 self._add(
                     f"step '{step.id}' needs unknown step '{need}'", *at, "needs", number, hint=hint
                 )
@@ -219,7 +226,7 @@ class _WorkflowCheck:
         agents = self.loaded.spec.agents
         if step.agent is not None and step.agent not in agents:
             known = f"known agents: {', '.join(agents)}" if agents else "no agents are defined"
-            hint = _join(did_you_mean(step.agent, agents), known)
+            hint = join_hints(did_you_mean(step.agent, agents), known)
             self._add(
                 f"step '{step.id}' uses unknown agent '{step.agent}'", *at, "agent", hint=hint
             )
@@ -233,7 +240,7 @@ class _WorkflowCheck:
         graph: dict[str, list[str]] = {}
         for step in self.workflow.steps:
             graph.setdefault(step.id, [need for need in step.needs if need in self.index])
-        for cycle in _find_cycles(graph):
+        for cycle in find_cycles(graph):
             first = self.workflow.steps[self.index[cycle[0]]]
             message = f"dependency cycle in workflow '{self.name}': {' -> '.join(cycle)}"
             hint = "each arrow means 'needs'; remove one of these needs"
@@ -290,7 +297,7 @@ class _WorkflowCheck:
                 return None
             return f"{scope.what} uses '{ref.root}', which is not defined there", scope.item
         roots = ["inputs", "steps", *(["item", "index"] if scope.item is None else [])]
-        hint = _join(did_you_mean(ref.root, roots), f"templates can use: {', '.join(roots)}")
+        hint = join_hints(did_you_mean(ref.root, roots), f"templates can use: {', '.join(roots)}")
         return f"{scope.what} uses unknown variable '{ref.root}'", hint
 
     def _input_problem(self, ref: Reference, scope: _Scope) -> Problem | None:
@@ -300,7 +307,7 @@ class _WorkflowCheck:
         name = str(ref.path[0])
         known = f"declared inputs: {', '.join(declared)}" if declared else None
         declare = f"declare it in the workflow: inputs: {{{name}: {{type: string}}}}"
-        hint = _join(did_you_mean(name, declared), known) or declare
+        hint = join_hints(did_you_mean(name, declared), known) or declare
         return f"{scope.what} uses unknown input '{name}'", hint
 
     def _step_problem(self, ref: Reference, scope: _Scope) -> Problem | None:
@@ -308,14 +315,14 @@ class _WorkflowCheck:
             return None
         target = str(ref.path[0])
         if target not in self.index:
-            hint = _join(did_you_mean(target, self.index), self.known_steps)
+            hint = join_hints(did_you_mean(target, self.index), self.known_steps)
             return f"{scope.what} refers to unknown step '{target}'", hint
         if scope.step is not None and (found := self._order_problem(target, scope)):
             return found
         fields = self._fields_of(self.workflow.steps[self.index[target]])
         if len(ref.path) > 1 and ref.path[1] not in fields:
             field = str(ref.path[1])
-            hint = _join(did_you_mean(field, fields), f"a step has: {', '.join(fields)}")
+            hint = join_hints(did_you_mean(field, fields), f"a step has: {', '.join(fields)}")
             return f"{scope.what} uses unknown field '{field}' of step '{target}'", hint
         return None
 
@@ -360,13 +367,15 @@ def _check_trigger(loaded: LoadedProject, position: int) -> list[ConfigProblem]:
     workflow = loaded.spec.workflows.get(trigger.workflow)
     if workflow is None:
         known = ", ".join(loaded.spec.workflows) or "none"
-        hint = _join(did_you_mean(trigger.workflow, loaded.spec.workflows), f"workflows: {known}")
+        hint = join_hints(
+            did_you_mean(trigger.workflow, loaded.spec.workflows), f"workflows: {known}"
+        )
         message = f"trigger {position + 1} starts unknown workflow '{trigger.workflow}'"
         return [*problems, loaded.problem(message, *at, "workflow", hint=hint)]
     for name in trigger.inputs:
         if name not in workflow.inputs:
-            hint = _join(did_you_mean(name, workflow.inputs), f"inputs of '{trigger.workflow}': "
-                         f"{', '.join(workflow.inputs) or 'none'}")  # fmt: skip
+            known = f"inputs of '{trigger.workflow}': {', '.join(workflow.inputs) or 'none'}"
+            hint = join_hints(did_you_mean(name, workflow.inputs), known)
             problems.append(
                 loaded.problem(
                     f"trigger sets unknown input '{name}'", *at, "inputs", name, hint=hint
@@ -403,7 +412,7 @@ def _trigger_template_problems(
     problems: list[ConfigProblem] = []
     for ref in found:
         if ref.root not in TRIGGER_VARIABLES:
-            hint = _join(did_you_mean(ref.root, TRIGGER_VARIABLES),
+            hint = join_hints(did_you_mean(ref.root, TRIGGER_VARIABLES),
                          f"trigger templates can use: {', '.join(TRIGGER_VARIABLES)}")  # fmt: skip
             problems.append(
                 loaded.problem(
@@ -428,7 +437,7 @@ def _upstream(steps: list[StepSpec], index: Mapping[str, int]) -> dict[str, froz
     return result
 
 
-def _find_cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
+def find_cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
     """Cycles of a dependency graph, each once, as `[a, b, c, a]` (a needs b needs c ...)."""
     done: set[str] = set()
     cycles: list[list[str]] = []
@@ -453,5 +462,6 @@ def _find_cycles(graph: Mapping[str, list[str]]) -> list[list[str]]:
     return cycles
 
 
-def _join(*hints: str | None) -> str | None:
+def join_hints(*hints: str | None) -> str | None:
+    """The hints that are given, as one text (None if none is)."""
     return " ".join(hint for hint in hints if hint) or None
