@@ -513,12 +513,12 @@ def test_the_workspace_of_file_tools_must_exist(tmp_path: Path) -> None:
     ]
 
 
-def test_validate_command_reports_tool_problems_with_file_and_line(tmp_path: Path) -> None:
-    path = write(tmp_path, with_tools(tmp_path, "project_tools:nope"))
+def agentmill(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMILL_")}
     env |= {"AGENTMILL_HOME": str(tmp_path / ".agentmill"), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, "-m", "agentmill", "validate", str(path)],
+    env["COLUMNS"] = "300"
+    return subprocess.run(
+        [sys.executable, "-m", "agentmill", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -526,6 +526,25 @@ def test_validate_command_reports_tool_problems_with_file_and_line(tmp_path: Pat
         timeout=60,
         check=False,
     )
+
+
+def test_validate_command_reports_tool_problems_with_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, with_tools(tmp_path, "project_tools:nope"))
+    result = agentmill(tmp_path, "validate", str(path))
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{path}:4: agent 'a': function tool 'project_tools:nope'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_doctor_lists_tool_problems_with_file_and_line(tmp_path: Path) -> None:
+    text = with_tools(tmp_path, "project_tools:nope")
+    text += "mcp:\n  gone: {command: [no-such-mcp-server-xyz]}\n"
+    path = write(tmp_path, text)
+    result = agentmill(tmp_path, "doctor", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{path}:4" in result.stdout
+    assert "function tool 'project_tools:nope': module 'project_tools' has no 'nope'" in (
+        result.stdout
+    )
+    assert f"{path}:6" in result.stdout
+    assert "program 'no-such-mcp-server-xyz' is not on PATH" in result.stdout

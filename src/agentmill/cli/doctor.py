@@ -18,6 +18,7 @@ from agentmill.spec.presets import PresetSpec
 
 if TYPE_CHECKING:
     from agentmill.agents.cli.tools import ToolStatus
+    from agentmill.spec.loader import LoadedProject
 
 __all__ = ["run_doctor"]
 
@@ -50,7 +51,11 @@ async def run_doctor(config: Path | None = None) -> int:
         table.add_row(var, _mark(present, missing="not set"), "set" if present else "")
     _check_local_model(table)
     out().print(table)
-    out().print(await _tools_table(_project_presets(config), fixes))
+    project = _load_project(config)
+    presets = project.spec.presets if project is not None else {}
+    out().print(await _tools_table(presets, fixes))
+    if project is not None:
+        out().print(_agent_tools_table(project))
     if fixes:
         # Whole lines, never in a table cell: a command cut in two cannot be copied.
         out().print("to fix:")
@@ -101,12 +106,34 @@ def _credentials(tool: ToolStatus, fixes: list[str]) -> str:
     return f"[yellow]no credentials[/] ({_FIX_BELOW})"
 
 
-def _project_presets(config: Path | None) -> Mapping[str, PresetSpec]:
+def _load_project(config: Path | None) -> LoadedProject | None:
     if config is None:
-        return {}
+        return None
     from agentmill.spec.loader import load_project
 
-    return load_project(config).spec.presets
+    return load_project(config)
+
+
+def _agent_tools_table(project: LoadedProject) -> Table:
+    """What stops the agents' tools here (function tools that do not import, MCP programs
+    not found, unset header variables), each at its file:line with the fix."""
+    from agentmill.engine.project import tool_problems
+
+    table = Table(
+        Column("agent tools", overflow="fold"),
+        "status",
+        Column("detail", overflow="fold"),
+        box=None,
+    )
+    problems = tool_problems(project)
+    for problem in problems:
+        where = f"{problem.file}:{problem.line}" if problem.line else problem.file
+        detail = problem.message + (f" ({problem.hint})" if problem.hint else "")
+        table.add_row(escape(where), _mark(False, missing="problem"), escape(detail))
+    if not problems:
+        checked = "function tools import, MCP programs found, header variables set"
+        table.add_row(escape(project.file), _mark(True), checked)
+    return table
 
 
 async def _check_database(settings: Settings, table: Table) -> bool:
