@@ -253,3 +253,13 @@ async def test_write_file_creates_parents_and_keeps_the_mode(workspace: Path) ->
     assert script.read_text() == "new"
     assert stat.S_IMODE(script.stat().st_mode) == 0o750
     assert sorted(p.name for p in workspace.iterdir()) == ["README.md", "docs", "run.sh", "src"]
+
+
+async def test_git_internals_are_not_written(workspace: Path) -> None:
+    (workspace / ".git" / "hooks").mkdir(parents=True)
+    hook = await use("write_file", workspace, path=".git/hooks/pre-commit", content="#!/bin/sh")
+    assert refused(hook, "inside a .git directory")
+    nested = await use("write_file", workspace, path="vendor/lib/.git/config", content="[core]")
+    assert refused(nested, "inside a .git directory")
+    assert list((workspace / ".git" / "hooks").iterdir()) == []
+    assert not (workspace / "vendor").exists()

@@ -18,6 +18,7 @@ import asyncio
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -277,6 +278,8 @@ def _text_lines(found: Found) -> Iterator[tuple[int, str]]:
     except OSError:
         return  # replaced by a symlink, a pipe or removed since it was listed
     with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return  # a pipe or device swapped in since it was listed
         data = file.read(_SEARCH_FILE_MAX)
     if b"\x00" in data[:_BINARY_SNIFF]:
         return

@@ -30,10 +30,22 @@ from typing import Literal
 
 from agentmill.agents.tools.context import current_call
 
-__all__ = ["SKIPPED", "Entry", "Found", "Location", "Refused", "Workspace", "workspace_for"]
+__all__ = [
+    "PROTECTED",
+    "SKIPPED",
+    "Entry",
+    "Found",
+    "Location",
+    "Refused",
+    "Workspace",
+    "workspace_for",
+]
 
 SKIPPED = frozenset({".git"})
 """Directories listings and searches do not enter (a repository's object store)."""
+PROTECTED = frozenset({".git"})
+"""Directories no file is written into: a hook or `core.fsmonitor` planted there would run
+code the next time an allowed `git` runs."""
 _MAX_DEPTH = 64
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -140,6 +152,11 @@ class Workspace:
         reader never sees half of it); whether the file existed. Parents are created."""
         if not location.parts:
             raise Refused("the workspace root is a directory: name a file to write")
+        if any(part in PROTECTED for part in location.parts):
+            raise Refused(
+                f"{location.shown} is inside a .git directory: git's own files (hooks, config)"
+                " are not written by file tools"
+            )
         name = location.parts[-1]
         with self.open_dir(location.parts[:-1], create=True) as parent:
             mode = _existing_mode(parent, location)
