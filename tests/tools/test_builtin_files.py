@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentmill.agents.tools.builtins import builtin_toolset
+from agentmill.agents.tools.context import ToolCall, executing
 from agentmill.agents.tools.workspace import Refused, Workspace
 from tests.tools.helpers import Outcome, call_tool
 
@@ -263,3 +264,21 @@ async def test_git_internals_are_not_written(workspace: Path) -> None:
     assert refused(nested, "inside a .git directory")
     assert list((workspace / ".git" / "hooks").iterdir()) == []
     assert not (workspace / "vendor").exists()
+
+
+async def test_the_current_calls_workspace_is_used_when_none_is_given(
+    workspace: Path, outside: Path
+) -> None:
+    call = ToolCall(
+        run_id="r1",
+        step="read",
+        name="read_file",
+        call_id="c1",
+        idempotency_key="r1/read/c1",
+        workspace=workspace,
+    )
+    with executing(call):
+        inside = await use("read_file", None, path="src/app.py")
+        escape = await use("read_file", None, path="../outside/secret.txt")
+    assert inside.text.startswith("def main")
+    assert refused(escape, "outside the workspace")
