@@ -44,6 +44,41 @@ def test_policies_example_loads() -> None:
     assert spec.breaker.reset == 30
 
 
+def test_tools_example_loads() -> None:
+    spec = load_project_text(block("tools-example"), "agentmill.yaml").spec
+    reviewer = spec.agents["reviewer"]
+    assert [tool.builtin for tool in reviewer.tools[:3]] == [
+        "read_file",
+        "list_files",
+        "run_command",
+    ]
+    assert reviewer.tools[3].mcp == "git"
+    assert reviewer.tools[4].agent == "summarizer"
+    assert spec.mcp["git"].approve == ["git_commit"]
+
+
+def test_documented_tool_errors_are_the_real_ones() -> None:
+    """Each tool message in the table of errors is what loading the file says."""
+    text = """\
+mcp:
+  github: {url: 'https://h/mcp'}
+agents:
+  b: {tools: [{agent: a}]}
+  a:
+    tools:
+      - {builtin: read_file, agent: b}
+      - http_request
+      - read_fil
+      - mcp: gitub
+      - agent: b
+"""
+    with pytest.raises(ConfigError) as info:
+        load_project_text(text, "agentmill.yaml")
+    assert len(info.value.problems) == 5
+    for problem in info.value.problems:
+        assert problem.message.replace("`", "") in DOC.read_text().replace("`", ""), problem
+
+
 def test_bad_example_gives_the_documented_output() -> None:
     with pytest.raises(ConfigError) as info:
         load_project_text(block("bad-example"), "agentmill.yaml")
