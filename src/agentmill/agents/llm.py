@@ -57,6 +57,11 @@ class LLMAgent(Agent):
         self._settings = _model_settings(max_tokens, temperature)
         self._output_schema = output_schema
 
+    @property
+    def model(self) -> Model:
+        """The pydantic-ai model this agent calls."""
+        return self._model
+
     def identity(self) -> dict[str, Any]:
         """Everything besides the prompt that decides the response (for cache keys)."""
         return {

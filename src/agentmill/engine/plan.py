@@ -15,6 +15,7 @@ from agentmill.spec.models import (
     AgentSpec,
     BreakerSpec,
     BudgetsSpec,
+    McpServerSpec,
     ModelEndpoint,
     ProjectSpec,
     RateLimitSpec,
@@ -46,6 +47,8 @@ class RunPlan:
     """The resolved preset of every command-line agent, by preset name."""
     base_dir: str | None = None
     """The config file's directory: relative `repo` and `workdir` paths start there."""
+    mcp: dict[str, McpServerSpec] = field(default_factory=dict)
+    """The MCP servers the agents' tools use, by name."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,10 @@ class RunPlan:
                 for name, preset in self.presets.items()
             },
             "base_dir": self.base_dir,
+            "mcp": {
+                name: server.model_dump(mode="json", exclude_unset=True)
+                for name, server in self.mcp.items()
+            },
             "workflow_name": self.workflow_name,
             "workflow": self.workflow.model_dump(mode="json", exclude_unset=True),
             "agents": {
@@ -88,14 +95,16 @@ class RunPlan:
             breaker=BreakerSpec.model_validate(data.get("breaker", {})),
             presets={n: PresetSpec.model_validate(p) for n, p in data.get("presets", {}).items()},
             base_dir=data.get("base_dir"),
+            mcp={n: McpServerSpec.model_validate(m) for n, m in data.get("mcp", {}).items()},
         )
 
 
 def build_plan(project: ProjectSpec, workflow_name: str, *, base_dir: str | None = None) -> RunPlan:
     """The plan for one workflow of a validated project."""
     workflow = project.workflows[workflow_name]
-    names = sorted({step.agent for step in workflow.steps if step.agent is not None})
-    agents = {name: project.agents[name] for name in names}
+    names = _with_delegates(project, {step.agent for step in workflow.steps if step.agent})
+    agents = {name: project.agents[name] for name in sorted(names)}
+    servers = {tool.mcp for agent in agents.values() for tool in agent.tools if tool.mcp}
     models = {
         name: project.model_for(agent) for name, agent in agents.items() if agent.runtime == "llm"
     }
@@ -115,7 +124,21 @@ def build_plan(project: ProjectSpec, workflow_name: str, *, base_dir: str | None
         breaker=project.breaker,
         presets=presets,
         base_dir=base_dir,
+        mcp={name: project.mcp[name] for name in sorted(servers)},
     )
+
+
+def _with_delegates(project: ProjectSpec, names: set[str]) -> set[str]:
+    """`names` and every agent they use as a tool, directly or through others."""
+    found = set(names)
+    pending = list(names)
+    while pending:
+        agent = project.agents[pending.pop()]
+        for tool in agent.tools:
+            if tool.agent is not None and tool.agent not in found:
+                found.add(tool.agent)
+                pending.append(tool.agent)
+    return found
 
 
 def resolve_preset(project: ProjectSpec, name: str) -> PresetSpec:

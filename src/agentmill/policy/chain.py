@@ -9,6 +9,7 @@ its provider.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from agentmill.spec.models import ModelEndpoint
 
 if TYPE_CHECKING:
     from agentmill.agents.base import Agent
+    from agentmill.agents.tools.recorded import ToolApprovals
     from agentmill.engine.plan import RunPlan
     from agentmill.settings import Settings
     from agentmill.store import Store
@@ -60,6 +62,8 @@ class PolicyServices:
     breakers: Breakers = field(default_factory=Breakers)
     shared: dict[str, Any] = field(default_factory=dict)
     """Process-wide objects a policy creates once (e.g. the response cache)."""
+    tool_approvals: Callable[[RunScope], ToolApprovals] | None = None
+    """Where tool calls that need approval wait for a decision (the engine's gates)."""
 
 
 def build_call_agent(
@@ -83,7 +87,12 @@ def build_call_agent(
             spec=spec.cache,
             identity=llms[0].identity(),
         )
-    return guarded(agent, guard=plan.workflow.guard), len(refs)
+    agent = guarded(agent, guard=plan.workflow.guard)
+    if spec.tools:
+        from agentmill.policy.tools import tool_loop
+
+        agent = tool_loop(name, agent, llms[0], plan=plan, scope=scope, services=services)
+    return agent, len(refs)
 
 
 def _cli_agent(name: str, *, plan: RunPlan, services: PolicyServices) -> Agent:

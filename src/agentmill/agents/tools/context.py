@@ -8,12 +8,15 @@ tool that records what it did under the key can tell a repeat from a new call.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Generator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ToolCall", "current_call", "executing"]
+from agentmill.agents.base import Usage
+
+__all__ = ["ToolCall", "ToolOutcome", "current_call", "executing"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +33,22 @@ class ToolCall:
     """`<run_id>/<step>/<call_id>`: identical when a crash repeats the call."""
     workspace: Path | None = None
     """The step's workspace: where built-in file tools and `run_command` work."""
+    attempt: int = 1
+    """The attempt of the step making the call."""
+    stream: Callable[[str], Awaitable[None]] | None = None
+    """Shows text live as part of the step while the tool works (an agent used as a tool)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolOutcome:
+    """A tool's result that cost something: an agent used as a tool returns its output with
+    the usage and cost of its own model requests, recorded on the call and counted in the
+    step's totals."""
+
+    value: Any
+    usage: Usage
+    cost_usd: float | None
+    model: str
 
 
 _current: ContextVar[ToolCall | None] = ContextVar("agentmill_tool_call", default=None)
@@ -41,7 +60,7 @@ def current_call() -> ToolCall | None:
 
 
 @contextlib.contextmanager
-def executing(call: ToolCall) -> Iterator[None]:
+def executing(call: ToolCall) -> Generator[None]:
     """Make `call` the current one for the code running inside the block."""
     token = _current.set(call)
     try:

@@ -20,8 +20,9 @@ same ids name the same calls on every attempt.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentmill.agents.base import (
@@ -42,11 +43,16 @@ if TYPE_CHECKING:
     from pydantic_ai.messages import ModelMessage, ModelResponse
     from pydantic_ai.models import Model, ModelRequestParameters
     from pydantic_ai.settings import ModelSettings
+    from pydantic_ai.tools import ToolDefinition
     from pydantic_ai.toolsets import AbstractToolset
 
     from agentmill.agents.tools.recorded import ToolApprovals
 
-__all__ = ["CallLog", "LoopLimits", "ToolLoop"]
+__all__ = ["CallLog", "LoopLimits", "ToolLoop", "Workspace"]
+
+Workspace = Path | Callable[[StepRequest], Awaitable[Path]] | None
+"""Where the step's built-in tools work: a directory, or one opened per step call (a git
+worktree), or none."""
 
 FINISH_TURNS = 2
 """Model requests a loop told to finish still gets (one to answer, one to recover from
@@ -128,8 +134,8 @@ class ToolLoop(Agent):
         output_schema: dict[str, Any] | None = None,
         limits: LoopLimits | None = None,
         approvals: ToolApprovals | None = None,
-        needs_approval: Callable[[str], bool] = lambda _name: False,
-        workspace: Any = None,
+        needs_approval: Callable[[ToolDefinition], bool] | None = None,
+        workspace: Workspace = None,
     ) -> None:
         self._model_agent = model_agent
         self._model = model
@@ -140,7 +146,7 @@ class ToolLoop(Agent):
         self._output_schema = output_schema
         self.limits = limits or LoopLimits()
         self._approvals = approvals
-        self._needs_approval = needs_approval
+        self._needs_approval = needs_approval or _approval_metadata
         self._workspace = workspace
 
     async def run(self, request: StepRequest, context: StepContext) -> StepResult:
@@ -151,6 +157,9 @@ class ToolLoop(Agent):
         from agentmill.agents.tools.recorded import recorded_toolset
 
         records = await self._log.recorded(request.run_id, request.step_key)
+        workspace = self._workspace
+        if callable(workspace):
+            workspace = await workspace(request)
         state = LoopState(
             request=request,
             context=as_durable(context),
@@ -163,7 +172,7 @@ class ToolLoop(Agent):
             limits=self.limits,
             approvals=self._approvals,
             needs_approval=self._needs_approval,
-            workspace=self._workspace,
+            workspace=workspace,
         )
         agent = PydanticAgent(
             _TurnModel(self._model, state=state, loop=self),
@@ -278,6 +287,12 @@ class _TurnModel:
                 )
 
         return TurnModel(wrapped)
+
+
+def _approval_metadata(tool_def: ToolDefinition) -> bool:
+    from agentmill.agents.tools.toolsets import needs_approval
+
+    return needs_approval(tool_def)
 
 
 def _combined(toolsets: list[AbstractToolset[Any]]) -> AbstractToolset[Any]:

@@ -27,12 +27,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agentmill.agents.tools.context import ToolCall, executing
+from agentmill.agents.tools.context import ToolCall, ToolOutcome, executing
 from agentmill.logs import Redactor
 from agentmill.store.records import CallRecord, CallStatus
 
 if TYPE_CHECKING:
-    from pydantic_ai.tools import RunContext
+    from pydantic_ai.tools import RunContext, ToolDefinition
     from pydantic_ai.toolsets import AbstractToolset, ToolsetTool
 
     from agentmill.agents.tools.loop import CallLog, LoopLimits, LoopState
@@ -84,13 +84,13 @@ def recorded_toolset(
     log: CallLog,
     limits: LoopLimits,
     approvals: ToolApprovals | None,
-    needs_approval: Callable[[str], bool],
+    needs_approval: Callable[[ToolDefinition], bool],
     workspace: Path | None,
 ) -> AbstractToolset[Any]:
     """`wrapped` with every call recorded, guarded and approved (see the module docstring)."""
     from pydantic_ai.toolsets import WrapperToolset
 
-    calls = _Calls(state, log, limits, approvals, needs_approval, workspace)
+    calls = _Calls(state, log, limits, approvals, workspace)
 
     class Recorded(WrapperToolset[Any]):
         async def get_tools(self, ctx: RunContext[Any]) -> dict[str, ToolsetTool[Any]]:
@@ -108,7 +108,8 @@ def recorded_toolset(
             async def run(arguments: dict[str, Any]) -> Any:
                 return await self.wrapped.call_tool(name, arguments, ctx, tool)
 
-            return await calls.call(name, tool_args, ctx.tool_call_id or "", run)
+            approve = needs_approval(tool.tool_def)
+            return await calls.call(name, tool_args, ctx.tool_call_id or "", run, approve=approve)
 
     return Recorded(wrapped)
 
@@ -122,14 +123,12 @@ class _Calls:
         log: CallLog,
         limits: LoopLimits,
         approvals: ToolApprovals | None,
-        needs_approval: Callable[[str], bool],
         workspace: Path | None,
     ) -> None:
         self._state = state
         self._log = log
         self._limits = limits
         self._approvals = approvals
-        self._needs_approval = needs_approval
         self._workspace = workspace
         self._seen: dict[str, int] = {}
         self._failures_in_a_row = 0
@@ -140,6 +139,8 @@ class _Calls:
         arguments: dict[str, Any],
         tool_call_id: str,
         run: Callable[[dict[str, Any]], Awaitable[Any]],
+        *,
+        approve: bool,
     ) -> Any:
         state = self._state
         call_id = state.call_ids.get(tool_call_id) or f"t{state.turn}.{tool_call_id[:40]}"
@@ -152,7 +153,7 @@ class _Calls:
             state.finish(stopped)
             message = f"Not run: {stopped}. Stop calling tools and answer with what you have."
             return await self._refuse(call_id, name, arguments, message, stopped=stopped)
-        if self._needs_approval(name):
+        if approve:
             decision = await self._approval(call_id, name, arguments, record)
             if not decision.approved:
                 return await self._refuse(call_id, name, arguments, _rejected(decision))
@@ -168,6 +169,8 @@ class _Calls:
             self._state.finish(str(details["stopped"]))
         self._count(name, arguments, failed=record.status is CallStatus.FAILED)
         if record.status is CallStatus.SUCCEEDED:
+            if record.usage is not None:
+                self._state.account(record.usage, record.cost_usd)
             return record.result
         if details.get("refused"):
             return record.error
@@ -267,12 +270,19 @@ class _Calls:
             "tool_call", call=call_id, name=name, args=_preview(arguments)
         )
         started = time.monotonic()
-        result, error = await self._run(call_id, name, arguments, run)
+        outcome, error = await self._run(call_id, name, arguments, run)
         duration = round(time.monotonic() - started, 4)
         status = CallStatus.FAILED if error is not None else CallStatus.SUCCEEDED
+        result = outcome.value if isinstance(outcome, ToolOutcome) else outcome
         finished = replace(
             record, status=status, result=result, error=error, finished_at=time.time()
         )
+        if isinstance(outcome, ToolOutcome):
+            usage = outcome.usage.to_json()
+            finished = replace(
+                finished, usage=usage, cost_usd=outcome.cost_usd, details={"model": outcome.model}
+            )
+            state.account(usage, outcome.cost_usd)
         self._log.put(finished)
         await self._log.commit()
         size = len(json.dumps(result)) if error is None else 0
@@ -307,6 +317,8 @@ class _Calls:
             call_id=call_id,
             idempotency_key=f"{state.request.run_id}/{state.step}/{call_id}",
             workspace=self._workspace,
+            attempt=state.request.attempt,
+            stream=lambda text: state.context.emit_event("tool_output", call=call_id, text=text),
         )
         try:
             with executing(call):
@@ -318,6 +330,8 @@ class _Calls:
         except Exception as exc:  # noqa: BLE001 - a tool's failure is the model's to handle
             logger.info("tool %s (call %s) failed: %s", name, call_id, _redacted(str(exc)))
             return None, f"{type(exc).__name__}: {exc}"
+        if isinstance(value, ToolOutcome):
+            return replace(value, value=_jsonable(value.value, self._limits.max_result_chars)), None
         return _jsonable(value, self._limits.max_result_chars), None
 
     def _record(
