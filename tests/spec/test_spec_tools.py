@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from pydantic import TypeAdapter
 
 from agentmill.engine.project import tool_problems
 from agentmill.errors import ConfigError, ConfigProblem
@@ -104,6 +105,18 @@ def test_defaults_of_an_llm_agent(tmp_path: Path) -> None:
     assert (agent.max_turns, agent.max_tool_calls, agent.workdir) == (20, 50, None)
 
 
+def test_the_json_schema_accepts_the_short_form_and_refuses_a_typo() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    schema = TypeAdapter(list[ToolSpec]).json_schema()
+    tools = yaml.safe_load(VALID)["agents"]["reviewer"]["tools"]
+    tools[2].pop("timeout")  # durations ("2m") are numbers in the schema, as everywhere
+    jsonschema.validate(tools, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([*tools, {"bultin": "read_file"}], schema)
+
+
 def test_models_refuse_what_the_file_would(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exactly one of"):
         ToolSpec.model_validate({"builtin": "read_file", "mcp": "git"})
@@ -137,6 +150,13 @@ SCHEMA_CASES = [
         "tool 'run_command' of agent 'a': run_command needs `allow`, the programs it may run",
         "use e.g. `{builtin: run_command, allow: [pytest]}`",
         id="command-with-empty-allow",
+    ),
+    pytest.param(
+        "tools: [{builtin: http_request, allow: ['https://api.github.com']}]",
+        "tool 'http_request' of agent 'a': `allow` of http_request lists host names, not "
+        "addresses ('https://api.github.com')",
+        "use e.g. api.github.com or '*.example.com'",
+        id="url-in-allow",
     ),
     pytest.param(
         "tools: [{builtin: read_file, allow: [x]}]",

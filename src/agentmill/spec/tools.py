@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from agentmill.spec._base import Strict
 from agentmill.spec.durations import Duration
@@ -107,11 +107,20 @@ _MCP_ONLY = ("include", "exclude", "prefix")
 _DESCRIBED = ("function", "agent")
 
 
+def _bare_name_allowed(schema: dict[str, Any]) -> None:
+    """The JSON schema's half of `ToolSpec._bare_builtin`: an entry may be a built-in's name."""
+    entry = dict(schema)
+    schema.clear()
+    schema["anyOf"] = [{"type": "string", "description": "A built-in tool by name"}, entry]
+
+
 class ToolSpec(Strict):
     """One entry of an agent's `tools:`: a built-in, an MCP server, a function or an agent.
 
     A bare string is the short form of a built-in tool: `read_file` = `{builtin: read_file}`.
     """
+
+    model_config = ConfigDict(json_schema_extra=_bare_name_allowed)
 
     builtin: str | None = Field(default=None, description="A built-in tool by name")
     mcp: str | None = Field(default=None, description="A key of the top-level `mcp:`")
@@ -193,6 +202,12 @@ def _allow_problem(tool: ToolSpec) -> str | None:
             return (
                 f"{tool.builtin} needs `allow`, the {what}: use e.g. "
                 f"`{{builtin: {tool.builtin}, allow: {example}}}`"
+            )
+        urls = [host for host in tool.allow if "/" in host or ":" in host]
+        if tool.builtin == HOST_TOOL and urls:
+            return (
+                f"`allow` of {HOST_TOOL} lists host names, not addresses ({urls[0]!r}): use "
+                "e.g. api.github.com or '*.example.com'"
             )
         return None
     if tool.allow is not None:
