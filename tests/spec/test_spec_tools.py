@@ -99,6 +99,17 @@ def test_a_file_with_every_kind_of_tool_loads(tmp_path: Path) -> None:
     assert (agent.agent, agent.description) == ("summarizer", "Summarise a text")
 
 
+def test_entries_survive_a_round_trip_through_json(tmp_path: Path) -> None:
+    """Run snapshots store the spec as JSON: what loaded must load again, however dumped."""
+    spec = load_project(write(tmp_path, VALID)).spec
+    for agent in spec.agents.values():
+        for tool in agent.tools:
+            assert ToolSpec.model_validate(tool.model_dump(mode="json")) == tool
+            assert ToolSpec.model_validate(tool.model_dump(exclude_unset=True)) == tool
+    for server in spec.mcp.values():
+        assert McpServerSpec.model_validate(server.model_dump(mode="json")) == server
+
+
 def test_defaults_of_an_llm_agent(tmp_path: Path) -> None:
     agent = load_project(write(tmp_path, "agents: {a: {}}\n")).spec.agents["a"]
     assert agent.tools == []

@@ -58,8 +58,8 @@ class _AgentTools:
         """`workdir` and `repo` of an llm agent serve its tools only."""
         if self.agent.runtime != "llm" or self.agent.tools:
             return
-        for key in ("workdir", "repo"):
-            if key in self.agent.model_fields_set:
+        for key, default in (("workdir", None), ("repo", ".")):
+            if getattr(self.agent, key) != default:
                 message = f"agent '{self.name}' sets `{key}` but has no tools that would use it"
                 hint = f"add `tools:` (e.g. [read_file, list_files]) or remove `{key}`"
                 self._add(message, key, hint=hint)

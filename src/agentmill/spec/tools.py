@@ -82,7 +82,7 @@ class McpServerSpec(Strict):
                 "to a stdio server"
             )
         if self.url is not None:
-            misplaced = [key for key in ("env", "cwd") if key in self.model_fields_set]
+            misplaced = [key for key, value in (("env", self.env), ("cwd", self.cwd)) if value]
             if misplaced:
                 names = " and ".join(f"`{key}`" for key in misplaced)
                 verb = "apply" if len(misplaced) > 1 else "applies"
@@ -185,7 +185,7 @@ class ToolSpec(Strict):
 
 
 def _misplaced(tool: ToolSpec, keys: tuple[str, ...], fits: bool, what: str) -> str | None:
-    given = [key for key in keys if key in tool.model_fields_set]
+    given = [key for key in keys if getattr(tool, key) is not None]
     if fits or not given:
         return None
     names = ", ".join(f"`{key}`" for key in given)
