@@ -567,6 +567,19 @@ def test_validate_command_reports_tool_problems_with_file_and_line(tmp_path: Pat
     assert "Traceback" not in result.stderr
 
 
+def test_run_fails_before_starting_on_a_tool_problem(tmp_path: Path) -> None:
+    text = with_tools(tmp_path, "project_tools:lookup_ticket")
+    text += "mcp:\n  gone: {command: [no-such-mcp-server-xyz]}\n"
+    text += "workflows:\n  w:\n    steps: [{id: s, agent: a, prompt: hi}]\n"
+    path = write(tmp_path, text)
+    result = agentmill(tmp_path, "run", str(path), "w")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{path}:6: MCP server 'gone': program 'no-such-mcp-server-xyz' is not on PATH" in (
+        result.stderr
+    )
+    assert not (tmp_path / ".agentmill").exists()  # no store opened, no run recorded
+
+
 def test_doctor_lists_tool_problems_with_file_and_line(tmp_path: Path) -> None:
     text = with_tools(tmp_path, "project_tools:nope")
     text += "mcp:\n  gone: {command: [no-such-mcp-server-xyz]}\n"
