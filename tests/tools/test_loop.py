@@ -291,3 +291,44 @@ async def test_the_last_turn_offers_no_tools(
 
     assert run.outputs == {"work": "answer"}
     assert offered == [0]
+
+
+STRUCTURED = """
+version: 1
+agents:
+  grader:
+    model: openai:gpt-4o
+    tools: [{{function: {module}:add}}]
+    output:
+      type: object
+      properties: {{total: {{type: integer}}}}
+      required: [total]
+workflows:
+  w:
+    steps:
+      - {{id: grade, agent: grader, prompt: "add and report"}}
+"""
+
+
+async def test_a_structured_output_after_tool_calls(sqlite_engine: Engine, tmp_path: Path) -> None:
+    module = f"project_tools_{uuid.uuid4().hex}"
+    (tmp_path / f"{module}.py").write_text(TOOLS_MODULE)
+    config = tmp_path / "agentmill.yaml"
+    config.write_text(STRUCTURED.format(module=module))
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return ModelResponse(parts=[ToolCallPart("add", {"a": 2, "b": 3})])
+        (output_tool,) = info.output_tools
+        total = tool_returns(messages)[0]
+        return ModelResponse(parts=[ToolCallPart(output_tool.name, {"total": total})])
+
+    loaded = load_project_text(config.read_text(), str(config))
+    model = FunctionModel(script)
+    with override_models(lambda _label: model):
+        run = await sqlite_engine.submit(loaded.spec, "w", {}, config_path=str(config))
+        [_ async for _ in sqlite_engine.follow(run.id)]
+    run = await sqlite_engine.store.get_run(run.id)
+
+    assert run.status is RunStatus.SUCCEEDED, run.error
+    assert run.outputs == {"grade": {"total": 5}}
