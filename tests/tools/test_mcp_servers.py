@@ -552,6 +552,43 @@ async def test_a_missing_working_directory_is_named(tmp_path: Path) -> None:
         )
 
 
+# --- doctor ---------------------------------------------------------------------------------
+
+
+def test_doctor_lists_each_servers_tools_or_its_problem(tmp_path: Path) -> None:
+    python = json.dumps(sys.executable)
+    config = tmp_path / "agentmill.yaml"
+    config.write_text(
+        "agents:\n  a:\n    tools: [{mcp: time}]\n"
+        "mcp:\n"
+        f"  time: {{command: [{python}, -m, mcp_server_time]}}\n"
+        f"  broken: {{command: [{python}, -c, 'import sys; sys.exit(\"no config here\")']}}\n"
+        f"  remote: {{url: 'http://127.0.0.1:{_free_port()}/mcp'}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMILL_")}
+    env |= {"AGENTMILL_HOME": str(tmp_path / ".agentmill"), "COLUMNS": "300"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "agentmill", "doctor", str(config)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    time_row = next(line for line in lines if line.lstrip().startswith("time "))
+    assert "2 tools: get_current_time, convert_time" in time_row
+    assert "MCP server 'broken'" in result.stdout
+    assert "no config here" in result.stdout
+    assert "MCP server 'remote' at http://127.0.0.1:" in result.stdout
+    assert "connection refused" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_nothing_is_left_running() -> None:
     """Every stdio server of this module ended with its toolset (no kept-alive process)."""
     assert _children_running("mcp_server_") == []

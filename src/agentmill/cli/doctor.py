@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import shutil
 from collections.abc import Mapping
@@ -12,13 +13,14 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from agentmill.cli.exits import EXIT_FAILED, EXIT_OK, out
-from agentmill.errors import AgentmillError
-from agentmill.settings import Settings, credential_present
+from agentmill.errors import AgentmillError, ConfigError
+from agentmill.settings import Settings, credential_present, granted_environment
 from agentmill.spec.presets import PresetSpec
 
 if TYPE_CHECKING:
     from agentmill.agents.cli.tools import ToolStatus
     from agentmill.spec.loader import LoadedProject
+    from agentmill.spec.models import McpServerSpec
 
 __all__ = ["run_doctor"]
 
@@ -56,6 +58,8 @@ async def run_doctor(config: Path | None = None) -> int:
     out().print(await _tools_table(presets, fixes))
     if project is not None:
         out().print(_agent_tools_table(project))
+        if project.spec.mcp:
+            out().print(await _mcp_servers_table(project))
     if fixes:
         # Whole lines, never in a table cell: a command cut in two cannot be copied.
         out().print("to fix:")
@@ -134,6 +138,50 @@ def _agent_tools_table(project: LoadedProject) -> Table:
         checked = "function tools import, MCP programs found, header variables set"
         table.add_row(escape(project.file), _mark(True), checked)
     return table
+
+
+async def _mcp_servers_table(project: LoadedProject) -> Table:
+    """Each MCP server of the config, started (stdio) or reached (HTTP) once, in parallel:
+    the tools it offers, or why it cannot be used (the message names the fix)."""
+    table = Table(
+        Column("MCP server", no_wrap=True), "status", Column("tools", overflow="fold"), box=None
+    )
+    base = project.path.resolve().parent
+    async with asyncio.TaskGroup() as group:
+        reports = {
+            name: group.create_task(_mcp_server_report(name, server, base))
+            for name, server in project.spec.mcp.items()
+        }
+    for name, report in reports.items():
+        ok, detail = report.result()
+        table.add_row(escape(name), _mark(ok, missing="problem"), escape(detail))
+    return table
+
+
+async def _mcp_server_report(name: str, server: McpServerSpec, base: Path) -> tuple[bool, str]:
+    from agentmill.agents.tools.checks import mcp_cwd
+    from agentmill.agents.tools.mcp import list_server_tools, server_variables
+
+    # Only the variables the server is given or its headers read: values stay out of reach.
+    environ = granted_environment(server_variables(server.env, server.headers))
+    try:
+        tools = await list_server_tools(
+            name,
+            command=server.command,
+            url=server.url,
+            env_names=server.env,
+            headers=server.headers,
+            cwd=mcp_cwd(server, base),
+            environ=environ,
+        )
+    except ConfigError as exc:
+        return False, "\n".join(str(problem) for problem in exc.problems)
+    except AgentmillError as exc:
+        return False, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a server's failure is reported, never a crash
+        return False, f"{type(exc).__name__}: {exc}"
+    names = ", ".join(tool.name for tool in tools)
+    return True, f"{len(tools)} tool{'s' if len(tools) != 1 else ''}: {names}"
 
 
 async def _check_database(settings: Settings, table: Table) -> bool:

@@ -45,7 +45,7 @@ from agentmill.agents.tools._mcp_errors import (
 )
 from agentmill.agents.tools._mcp_stderr import StderrPipe
 from agentmill.agents.tools.context import current_call
-from agentmill.errors import ConfigError, ConfigProblem
+from agentmill.errors import AgentmillError, ConfigError, ConfigProblem
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -54,6 +54,9 @@ __all__ = [
     "expand_headers",
     "list_server_tools",
     "mcp_toolset",
+    "send_idempotency_key",
+    "server_environment",
+    "server_variables",
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
@@ -140,11 +143,12 @@ async def list_server_tools(
         connect_timeout=connect_timeout,
     )
     try:
-        async with asyncio.timeout(connect_timeout):
-            async with server:
-                tools = await server.mcp.list_tools()
-    except TimeoutError as exc:
-        raise server.failure(exc) from None
+        async with asyncio.timeout(connect_timeout), server:
+            tools = await server.mcp.list_tools()
+    except AgentmillError:
+        raise
+    except Exception as exc:
+        raise server.failure(exc) from exc
     return [ToolInfo(name=tool.name, description=tool.description) for tool in tools]
 
 
@@ -173,6 +177,15 @@ def expand_headers(
         header: _PLACEHOLDER.sub(lambda match: environ[match.group(1)], value)
         for header, value in headers.items()
     }
+
+
+def server_variables(env_names: Sequence[str], headers: Mapping[str, str]) -> list[str]:
+    """The environment variables a server needs from agentmill's environment: what a stdio
+    server is passed (PATH, HOME, LANG, its `env`) and what its headers read (`${NAME}`).
+    The caller (an entry point) reads just these and passes them as `environ`."""
+    wanted = [*ALWAYS_PASSED, *env_names]
+    wanted += [name for value in headers.values() for name in _PLACEHOLDER.findall(value)]
+    return list(dict.fromkeys(wanted))
 
 
 def server_environment(env_names: Sequence[str], environ: Mapping[str, str]) -> dict[str, str]:
