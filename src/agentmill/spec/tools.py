@@ -70,37 +70,46 @@ class McpServerSpec(Strict):
 
     @model_validator(mode="after")
     def _one_transport(self) -> McpServerSpec:
-        if (self.command is None) == (self.url is None):
-            both = "has both" if self.command is not None else "needs one of"
-            raise ValueError(
-                f"an MCP server {both} `command` and `url`: use `command: [program, arg, ...]` "
-                "for a local server over stdio, or `url: https://...` for streamable HTTP"
-            )
-        if self.command is not None and self.headers:
-            raise ValueError(
+        problem = _transport_problem(self) or _env_problem(self)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+def _transport_problem(server: McpServerSpec) -> str | None:
+    """Exactly one of `command` and `url`, each with only its own options."""
+    if (server.command is None) == (server.url is None):
+        both = "has both" if server.command is not None else "needs one of"
+        return (
+            f"an MCP server {both} `command` and `url`: use `command: [program, arg, ...]` "
+            "for a local server over stdio, or `url: https://...` for streamable HTTP"
+        )
+    if server.url is None:
+        if server.headers:
+            return (
                 "`headers` only apply to servers with a `url`: use `env` to pass variables "
                 "to a stdio server"
             )
-        if self.url is not None:
-            misplaced = [key for key, value in (("env", self.env), ("cwd", self.cwd)) if value]
-            if misplaced:
-                names = " and ".join(f"`{key}`" for key in misplaced)
-                verb = "apply" if len(misplaced) > 1 else "applies"
-                raise ValueError(
-                    f"{names} only {verb} to servers with a `command`: use `headers` to pass "
-                    "values to an HTTP server"
-                )
-            if not self.url.startswith(("http://", "https://")):
-                raise ValueError(
-                    f"the url {self.url!r} is not an http(s) address: use "
-                    "http://host:port/path or https://..."
-                )
-        for name in self.env:
-            if not _is_env_name(name):
-                raise ValueError(
-                    f"{name!r} in `env` is not a variable name: use names like GITHUB_TOKEN"
-                )
-        return self
+        return None
+    misplaced = [key for key, value in (("env", server.env), ("cwd", server.cwd)) if value]
+    if misplaced:
+        names = " and ".join(f"`{key}`" for key in misplaced)
+        verb = "apply" if len(misplaced) > 1 else "applies"
+        return (
+            f"{names} only {verb} to servers with a `command`: use `headers` to pass "
+            "values to an HTTP server"
+        )
+    if not server.url.startswith(("http://", "https://")):
+        address = "use http://host:port/path or https://..."
+        return f"the url {server.url!r} is not an http(s) address: {address}"
+    return None
+
+
+def _env_problem(server: McpServerSpec) -> str | None:
+    for name in server.env:
+        if re.fullmatch(ENV_NAME_PATTERN, name) is None:
+            return f"{name!r} in `env` is not a variable name: use names like GITHUB_TOKEN"
+    return None
 
 
 _MCP_ONLY = ("include", "exclude", "prefix")
@@ -222,10 +231,6 @@ def _approve_problem(tool: ToolSpec) -> str | None:
             "for this tool"
         )
     return None
-
-
-def _is_env_name(name: str) -> bool:
-    return re.fullmatch(ENV_NAME_PATTERN, name) is not None
 
 
 def tool_label(tool: ToolSpec) -> str:
