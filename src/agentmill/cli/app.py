@@ -105,6 +105,22 @@ def serve(
 
 
 @app.command()
+def mcp(
+    file: Annotated[Path, typer.Argument(help="Config file whose workflows to serve")] = Path(
+        "agentmill.yaml"
+    ),
+) -> None:
+    """Serve the workflows as MCP tools over stdio (for Claude Code, Cursor, ...).
+
+    Each tool runs one workflow in this process and answers with its outputs; stdout
+    carries only the protocol, logs go to stderr.
+    """
+    from agentmill.cli.mcp_cmd import serve_mcp
+
+    run_command(lambda: serve_mcp(file))
+
+
+@app.command()
 def approve(
     run_id: Annotated[str, typer.Argument(help="Run id (see `agentmill runs list`)")],
     step: Annotated[str, typer.Argument(help="Id of the approval step the run waits at")],

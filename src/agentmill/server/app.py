@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentmill import __version__
 from agentmill.engine.engine import Engine
 from agentmill.server.limits import BodySizeLimit, JsonDepthLimit, RateLimiter, StreamSlots
+from agentmill.server.mcp import McpEndpoint
 from agentmill.server.metrics import Metrics
 from agentmill.server.problems import PROBLEM_RESPONSES, install_problem_handlers
 from agentmill.server.routes import (
@@ -53,6 +54,7 @@ def create_app(
     workers: int = 1,
 ) -> FastAPI:
     """The API with an engine in the same process; `workers` 0 serves the API only."""
+    mcp = McpEndpoint()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
@@ -71,7 +73,8 @@ def create_app(
             metrics=metrics,
         )
         try:
-            yield
+            async with mcp.serving(app.state.services):
+                yield
         finally:
             app.state.services.shutting_down.set()
             await engine.stop(grace=settings.shutdown_grace)
@@ -97,6 +100,7 @@ def create_app(
     )
     app.add_middleware(RequestMetrics)
     app.include_router(ops.router)
+    app.router.routes.append(mcp.route())  # the workflows as MCP tools (server/mcp.py)
     for module in (workflows, runs, events, approvals, costs, webhooks, keys):
         app.include_router(module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
     return app
