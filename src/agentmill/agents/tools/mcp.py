@@ -220,6 +220,8 @@ class McpServerToolset(WrapperToolset[Any]):
         self._entered += 1
         if self._entered == 1 and self.stdio is not None and self.stderr is not None:
             self.stdio.log_file = self.stderr.open()
+        if self._entered == 1 and self.http_status is not None:
+            self.http_status.error = None
         try:
             await self.wrapped.__aenter__()
         except Exception as exc:
@@ -338,7 +340,8 @@ class _HttpStatus:
     error: int | None = None
 
     async def record(self, response: httpx2.Response) -> None:
-        if response.status_code >= 400:
+        # Requests are POSTs; a GET for the optional event stream may get 405, which is fine.
+        if response.status_code >= 400 and response.request.method == "POST":
             self.error = response.status_code
 
 
