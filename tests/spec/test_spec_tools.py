@@ -413,6 +413,7 @@ def test_workdir_of_an_llm_agent_without_tools_is_flagged(tmp_path: Path) -> Non
 TOOLS_MODULE = '''\
 import asyncio
 import socket
+from os.path import join
 
 NOT_A_FUNCTION = 3
 
@@ -437,6 +438,7 @@ def takes_a_socket(s: socket.socket) -> str:
 def with_tools(tmp_path: Path, *targets: str) -> str:
     (tmp_path / "project_tools.py").write_text(TOOLS_MODULE, encoding="utf-8")
     (tmp_path / "broken_tools.py").write_text("raise RuntimeError('no config here')\n")
+    (tmp_path / "exiting_tools.py").write_text("import sys\nsys.exit(3)\n")
     entries = "".join(f"      - function: {target}\n" for target in targets)
     return f"agents:\n  a:\n    tools:\n{entries}"
 
@@ -450,6 +452,7 @@ def test_importable_functions_pass_and_sys_path_is_restored(tmp_path: Path) -> N
         "project_tools:slow",
     ]
     assert sys.path == before
+    assert "project_tools" not in sys.modules  # a later check imports the file afresh
 
 
 def test_function_tools_that_cannot_work_are_reported(tmp_path: Path) -> None:
@@ -460,14 +463,15 @@ def test_function_tools_that_cannot_work_are_reported(tmp_path: Path) -> None:
         "project_tools:NOT_A_FUNCTION",
         "broken_tools:f",
         "project_tools:takes_a_socket",
+        "exiting_tools:f",
     )
     problems = problems_of(tmp_path, text, checked=True)
     assert [(p.line, p.message) for p in problems] == [
         (4, "agent 'a': function tool 'missing_module:f': no module named 'missing_module'"),
         (5, "agent 'a': function tool 'project_tools:lookup': module 'project_tools' has no "
             "'lookup'"),
-        (6, "agent 'a': function tool 'project_tools:NOT_A_FUNCTION': 'NOT_A_FUNCTION' is a "
-            "int, not a function"),
+        (6, "agent 'a': function tool 'project_tools:NOT_A_FUNCTION': 'NOT_A_FUNCTION' is not a "
+            "function (int)"),
         (7, "agent 'a': function tool 'broken_tools:f': importing 'broken_tools' failed: "
             "RuntimeError: no config here"),
         (8, "agent 'a': function tool 'project_tools:takes_a_socket': no tool schema can be "
@@ -475,6 +479,8 @@ def test_function_tools_that_cannot_work_are_reported(tmp_path: Path) -> None:
             "'socket.socket'>. Set `arbitrary_types_allowed=True` in the model_config to "
             "ignore this error or implement `__get_pydantic_core_schema__` on your type to "
             "fully support it."),
+        (9, "agent 'a': function tool 'exiting_tools:f': importing 'exiting_tools' failed: "
+            "SystemExit: 3"),
     ]  # fmt: skip
     hints = [p.hint or "" for p in problems]
     assert hints[0].startswith(f"put missing_module.py next to the config file ({tmp_path})")

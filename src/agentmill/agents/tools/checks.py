@@ -14,6 +14,7 @@ Whether an MCP server answers and which tools it offers is for `doctor` (it star
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import shutil
@@ -55,7 +56,13 @@ def machine_tool_problems(loaded: LoadedProject) -> list[ConfigProblem]:
     for name, agent in loaded.spec.agents.items():
         if agent.runtime == "llm":
             problems += _workspace_problems(loaded, name, agent, base)
-    with _modules_forgotten(base):
+    targets = {
+        tool.function.partition(":")[0]
+        for agent in loaded.spec.agents.values()
+        for tool in agent.tools
+        if tool.function is not None
+    }
+    with _modules_forgotten(targets, base):
         problems += _function_problems(loaded, base)
     return problems
 
@@ -78,15 +85,19 @@ def _function_problems(loaded: LoadedProject, base: Path) -> list[ConfigProblem]
 
 
 @contextmanager
-def _modules_forgotten(base_dir: Path) -> Generator[None]:
-    """The project's modules first imported by a check are dropped afterwards: a process that
-    checks the file again (or another file with a module of the same name) imports afresh.
-    Libraries they imported stay (dropping those would split their classes in two)."""
+def _modules_forgotten(targets: set[str], base_dir: Path) -> Generator[None]:
+    """The tools' own modules (and their packages) first imported by a check are dropped
+    afterwards, so a process that checks the file again, or another file with a module of the
+    same name, imports afresh. Nothing else is: dropping a library, or agentmill itself, would
+    split its classes and context variables in two."""
+    packages = {target.split(".")[0] for target in targets}
     before = set(sys.modules)
     try:
         yield
     finally:
         for name in set(sys.modules) - before:
+            if name.split(".")[0] not in packages:
+                continue
             file = getattr(sys.modules[name], "__file__", None)
             if file is not None and _is_project_file(Path(file).resolve(), base_dir):
                 del sys.modules[name]
@@ -123,18 +134,27 @@ def import_function(target: str, base_dir: Path) -> Callable[..., Any]:
                 hint += f"({base_dir}) or install the package that provides it"
                 raise FunctionToolError(f"no module named '{module_name}'", hint) from None
             raise _import_failure(module_name, exc) from None
-        except Exception as exc:  # noqa: BLE001 - user code may raise anything on import
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code may raise anything
             raise _import_failure(module_name, exc) from None
     found = getattr(module, attribute, None)
     if found is None:
-        names = [n for n in vars(module) if not n.startswith("_") and callable(vars(module)[n])]
+        names = [name for name, value in vars(module).items() if _defined_in(value, module_name)]
         hint = f"functions in {module_name}: {', '.join(sorted(names)) or 'none'}"
         raise FunctionToolError(f"module '{module_name}' has no '{attribute}'", hint)
     if not callable(found):
         kind = type(found).__name__
         hint = "name a function (def or async def) of the module"
-        raise FunctionToolError(f"'{attribute}' is a {kind}, not a function", hint)
+        raise FunctionToolError(f"'{attribute}' is not a function ({kind})", hint)
     return found
+
+
+def _defined_in(value: object, module_name: str) -> bool:
+    """A public function of the module itself (not one it imported)."""
+    return (
+        inspect.isfunction(value)
+        and value.__module__ == module_name
+        and not value.__name__.startswith("_")
+    )
 
 
 def _import_failure(module_name: str, exc: BaseException) -> FunctionToolError:
