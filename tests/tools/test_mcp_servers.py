@@ -49,6 +49,7 @@ EVERYTHING = (
 )
 BASE_ENV = {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
 TOKEN = "tok-8f3a-not-a-real-secret"
+SDK_DEFAULTS = ("LOGNAME", "SHELL", "TERM", "USER")
 
 # A server of our own for the one thing no registry server shows: the `_meta` a call carries.
 META_ECHO_SERVER = """
@@ -242,6 +243,8 @@ async def test_a_stdio_server_sees_only_the_allowlisted_environment(
     assert "AM_UNLISTED" not in server_env
     assert "AM_PARENT_SECRET" not in server_env
     assert server_env["PATH"] == os.environ["PATH"]
+    # Nothing else: the MCP client itself adds only these harmless ones.
+    assert set(server_env) <= {"PATH", "HOME", "LANG", "AM_LISTED", *SDK_DEFAULTS}
     assert seen.results["echo"] == ("return", "Echo: hi")
     # The server's stderr went to the debug log, not onto the terminal.
     assert "Starting default (STDIO) server" not in capfd.readouterr().err
