@@ -8,6 +8,10 @@ The deadline is fixed when the gate is first reached and survives restarts.
 
 A decided gate is checkpointed in `am_steps` like an agent call, with the decision as its
 output, so a resumed or retried run never asks again.
+
+A tool call that needs approval waits at a gate of its own, `<step key>#<call id>`, on the
+same rows and the same wait (`engine/tool_approvals.py`); deciding one may edit the call's
+arguments.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from typing import Any
 
 from agentmill.engine.events import RunEmitter
 from agentmill.engine.plan import RunPlan
-from agentmill.errors import InvalidStateError, NotFoundError, RunFailure, StepFailed
+from agentmill.errors import (
+    InputError,
+    InvalidStateError,
+    NotFoundError,
+    RunFailure,
+    StepFailed,
+)
 from agentmill.logs import current_step
 from agentmill.spec.models import ApprovalSpec
 from agentmill.store import RunRecord, StepRecord, StepStatus, Store
@@ -35,12 +45,16 @@ __all__ = [
     "list_approvals",
     "run_gate",
     "topic_for",
+    "wait_for_decision",
 ]
 
 logger = logging.getLogger("agentmill.engine")
 
 MAX_WAIT = 300.0
 """Longest wait between two reads of the row, whatever wakes the gate (or does not)."""
+
+TOOL_GATE_MARK = "#"
+"""Separates a tool call's gate id: `<step key>#<call id>` (step ids never contain it)."""
 
 
 def topic_for(step_id: str) -> str:
@@ -73,7 +87,7 @@ async def run_gate(
     row = await _open(gate, approvals, previous)
     attempt = (previous.attempt if previous is not None else 0) + 1
     _announce(gate, row, attempt, store=store, emitter=emitter)
-    row = await _wait(gate, approvals, row)
+    row = await wait_for_decision(approvals, row)
     return await _finish(gate, row, attempt, store=store, emitter=emitter)
 
 
@@ -100,7 +114,7 @@ async def _open(
         await approvals.reopen(
             gate.run_id, gate.step_id, created_at=now, expires_at=now + gate.approval.timeout
         )
-        row = await _read(approvals, gate)
+        row = await _read(approvals, gate.run_id, gate.step_id)
     return row
 
 
@@ -123,24 +137,28 @@ def _announce(
         )
 
 
-async def _wait(gate: Gate, approvals: ApprovalStore, row: ApprovalRecord) -> ApprovalRecord:
-    """Until the row is decided or expired; the wake-up message is only a hint."""
+async def wait_for_decision(approvals: ApprovalStore, row: ApprovalRecord) -> ApprovalRecord:
+    """Inside the run's workflow: until the row is decided or expired (then marked so).
+
+    The wake-up message is only a hint: the row is re-read after each, and at least every
+    `MAX_WAIT` seconds.
+    """
     from agentmill.engine.runtime import recv_decision
 
     while row.status is ApprovalStatus.PENDING:
         remaining = row.expires_at - time.time()
         if remaining <= 0:
-            await approvals.expire(gate.run_id, gate.step_id)
+            await approvals.expire(row.run_id, row.step_id)
         else:
-            await recv_decision(topic_for(gate.step_id), min(remaining, MAX_WAIT))
-        row = await _read(approvals, gate)
+            await recv_decision(topic_for(row.step_id), min(remaining, MAX_WAIT))
+        row = await _read(approvals, row.run_id, row.step_id)
     return row
 
 
-async def _read(approvals: ApprovalStore, gate: Gate) -> ApprovalRecord:
-    row = await approvals.get(gate.run_id, gate.step_id)
+async def _read(approvals: ApprovalStore, run_id: str, step_id: str) -> ApprovalRecord:
+    row = await approvals.get(run_id, step_id)
     if row is None:
-        raise RunFailure(f"the approval row of step '{gate.step_id}' disappeared")
+        raise RunFailure(f"the approval row of step '{step_id}' disappeared")
     return row
 
 
@@ -219,22 +237,34 @@ async def decide_approval(
     by: str,
     tenant: str,
     notify: bool,
+    arguments: dict[str, Any] | None = None,
 ) -> ApprovalRecord:
     """Record a decision once, then wake the waiting run (with `notify`: DBOS launched).
 
-    Raises NotFoundError for an unknown run or step (or another tenant's), and
-    InvalidStateError when the gate is not waiting yet, was decided, or has expired.
+    `arguments`: a tool call's gate approved with edited arguments (a JSON object).
+
+    Raises NotFoundError for an unknown run or step (or another tenant's), InvalidStateError
+    when the gate is not waiting yet, was decided, or has expired, and InputError for
+    arguments that are not an object or are given for a gate that is no tool call.
     """
     run = await store.get_run(run_id, tenant=tenant)
     approvals = ApprovalStore(store.engine)
     if run.status.finished:
         await _refuse_for_finished(approvals, run, step_id, tenant=tenant)
+    if arguments is not None:
+        await _check_edit(approvals, run, step_id, arguments, approve=approve, tenant=tenant)
     won = await approvals.decide(
-        run_id, step_id, tenant=tenant, approve=approve, comment=comment, by=by
+        run_id,
+        step_id,
+        tenant=tenant,
+        approve=approve,
+        comment=comment,
+        by=by,
+        arguments=arguments,
     )
     row = await approvals.get(run_id, step_id, tenant=tenant)
     if row is None:
-        raise _not_waiting(run, step_id)
+        raise await _not_waiting(approvals, run, step_id)
     if not won:
         raise await _refusal(approvals, row)
     if notify:
@@ -261,7 +291,7 @@ async def _refuse_for_finished(
     """A finished run: say why the decision is refused (decided, expired, or nothing waits)."""
     row = await approvals.get(run.id, step_id, tenant=tenant)
     if row is None:
-        raise _not_waiting(run, step_id)
+        raise await _not_waiting(approvals, run, step_id)
     if row.status is not ApprovalStatus.PENDING:
         raise await _refusal(approvals, row)
     raise InvalidStateError(
@@ -270,7 +300,44 @@ async def _refuse_for_finished(
     )
 
 
-def _not_waiting(run: RunRecord, step_id: str) -> Exception:
+async def _check_edit(
+    approvals: ApprovalStore,
+    run: RunRecord,
+    step_id: str,
+    arguments: Any,
+    *,
+    approve: bool,
+    tenant: str,
+) -> None:
+    """Edited arguments fit only a tool call's gate being approved, and are an object."""
+    if not approve:
+        raise InputError(
+            "edited arguments come with an approval: reject without them, or approve the "
+            "call with them"
+        )
+    if not isinstance(arguments, dict):
+        raise InputError(
+            f"edited arguments must be a JSON object (name: value), got "
+            f'{type(arguments).__name__}: e.g. {{"path": "notes.md"}}'
+        )
+    row = await approvals.get(run.id, step_id, tenant=tenant)
+    if row is not None and not row.is_tool_call:
+        raise InputError(
+            f"{step_id!r} of run {run.id} is an approval step, not a tool call: only a tool "
+            "call's arguments can be edited; decide it without them"
+        )
+
+
+async def _not_waiting(approvals: ApprovalStore, run: RunRecord, step_id: str) -> Exception:
+    if TOOL_GATE_MARK in step_id:
+        pending = await approvals.list(
+            tenant=run.tenant, run_id=run.id, status=ApprovalStatus.PENDING
+        )
+        waiting = ", ".join(row.step_id for row in pending if row.is_tool_call) or "none"
+        return NotFoundError(
+            f"run {run.id} has no tool call {step_id!r} waiting for approval "
+            f"(tool calls waiting: {waiting})"
+        )
     steps = RunPlan.from_json(run.snapshot).workflow.steps
     gates = [step.id for step in steps if step.approval is not None]
     if step_id not in gates:
@@ -285,7 +352,8 @@ def _not_waiting(run: RunRecord, step_id: str) -> Exception:
 
 
 async def _refusal(approvals: ApprovalStore, row: ApprovalRecord) -> InvalidStateError:
-    what = f"the approval of step {row.step_id!r} in run {row.run_id}"
+    kind = f"tool call ({row.tool})" if row.is_tool_call else "step"
+    what = f"the approval of {kind} {row.step_id!r} in run {row.run_id}"
     if row.status.decided:
         by = f" by {row.decided_by}" if row.decided_by else ""
         at = f" at {_iso(row.decided_at)}" if row.decided_at else ""

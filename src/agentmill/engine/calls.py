@@ -16,7 +16,7 @@ from typing import Any
 from agentmill.agents.base import Agent, StepRequest, StepResult
 from agentmill.agents.clock import StepClock, timing
 from agentmill.engine.drain import Drain
-from agentmill.engine.events import RunEmitter
+from agentmill.engine.events import RunEmitter, StepEvents, step_events
 from agentmill.errors import (
     PolicyRefusal,
     ProviderError,
@@ -234,7 +234,8 @@ async def _attempt(
     attempt_request = replace(request, attempt=attempt)
     try:
         async with deadline:
-            with noting(note), timing(clock):
+            events = StepEvents(emitter, request.key, attempt)
+            with noting(note), timing(clock), step_events(events):
                 result = await call.agent.run(attempt_request, context)
     except TimeoutError as exc:
         noted.update(context.noted)

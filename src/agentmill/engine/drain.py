@@ -32,6 +32,19 @@ class Drain:
         finally:
             self._leave()
 
+    @contextlib.asynccontextmanager
+    async def waiting(self) -> AsyncGenerator[None]:
+        """Inside `call()`: while the call waits for a person (a tool approval), it is not
+        in flight, so a drain does not wait for it; a wait that ends while draining then
+        waits to be interrupted rather than going on with the call."""
+        self._leave()
+        try:
+            yield
+        finally:
+            self._in_flight += 1
+        if self._draining:
+            await self.wait_interrupted()
+
     async def wait_interrupted(self) -> NoReturn:
         """Inside `call()`: stop counting as in flight and wait until the run is interrupted
         (cancelled), so that the drain does not wait for a call that starts nothing more."""

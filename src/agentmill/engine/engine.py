@@ -30,6 +30,7 @@ from agentmill.engine.events import EventBus
 from agentmill.engine.execution import RunExecutor, emitter_for, record_cancelled
 from agentmill.engine.liveness import Owner, owner_alive, run_settled
 from agentmill.engine.plan import RunPlan, build_plan, downstream_of
+from agentmill.engine.tool_approvals import tool_approvals_factory
 from agentmill.errors import InputError, InvalidStateError, NotFoundError
 from agentmill.policy.cache import check_cache_secret, close_response_cache
 from agentmill.policy.chain import PolicyServices, is_untrusted_trigger
@@ -100,7 +101,11 @@ class Engine:
             self.bus,
             self.owner,
             pending=self._pending,
-            policies=PolicyServices(store=self._store, settings=self.settings),
+            policies=PolicyServices(
+                store=self._store,
+                settings=self.settings,
+                tool_approvals=tool_approvals_factory(self._store, drain=self.drain),
+            ),
             drain=self.drain,
             auto_resume=self._queued,
         )
@@ -467,8 +472,9 @@ class Engine:
         comment: str | None = None,
         by: str,
         tenant: str = DEFAULT_TENANT,
+        arguments: dict[str, Any] | None = None,
     ) -> ApprovalRecord:
-        """Approve or reject a waiting gate, once; the run goes on from there."""
+        """Approve or reject a waiting gate once (a tool call's: maybe with edited arguments)."""
         return await decide_approval(
             self.store,
             run_id,
@@ -478,6 +484,7 @@ class Engine:
             by=by,
             tenant=tenant,
             notify=self._launched,
+            arguments=arguments,
         )
 
     async def approvals(

@@ -7,14 +7,17 @@ attempt, so a reader drops the partial output of the attempt that did not finish
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from agentmill.store import EventRecord, Store
 
-__all__ = ["EventBus", "RunEmitter"]
+__all__ = ["EventBus", "RunEmitter", "StepEvents", "current_step_events", "step_events"]
 
 
 class EventBus:
@@ -85,3 +88,34 @@ class RunEmitter:
             ts=time.time(),
         )
         return event
+
+
+@dataclass(frozen=True)
+class StepEvents:
+    """The events of one attempt of a step, for code deep inside its agent that emits the
+    run's own kinds (a tool call waiting for approval emits `approval_requested`)."""
+
+    emitter: RunEmitter
+    step: str
+    attempt: int
+
+    def emit(self, kind: str, **data: Any) -> EventRecord:
+        return self.emitter.emit(kind, step=self.step, attempt=self.attempt, **data)
+
+
+_step_events: ContextVar[StepEvents | None] = ContextVar("agentmill_step_events", default=None)
+
+
+def current_step_events() -> StepEvents | None:
+    """The events of the attempt being run, if the call runs under the attempt loop."""
+    return _step_events.get()
+
+
+@contextlib.contextmanager
+def step_events(events: StepEvents) -> Generator[StepEvents]:
+    """Make `events` the current attempt's for the code run inside."""
+    token = _step_events.set(events)
+    try:
+        yield events
+    finally:
+        _step_events.reset(token)

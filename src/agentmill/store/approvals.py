@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -49,6 +50,18 @@ class ApprovalRecord:
     comment: str | None = None
     decided_by: str | None = None
     decided_at: float | None = None
+    tool: str | None = None
+    """A tool call's gate (`<step key>#<call id>`): the tool; None for a gate step."""
+    arguments: dict[str, Any] | None = None
+    """The arguments the model asked to call the tool with."""
+    reason: str | None = None
+    """What the model wrote along with the call (why it makes it), shown to reviewers."""
+    edited_arguments: dict[str, Any] | None = None
+    """Approved with these arguments instead of the model's."""
+
+    @property
+    def is_tool_call(self) -> bool:
+        return self.tool is not None
 
     def overdue(self, now: float) -> bool:
         """Still pending although its deadline has passed (nobody has marked it yet)."""
@@ -120,9 +133,13 @@ class ApprovalStore:
         approve: bool,
         comment: str | None,
         by: str,
+        arguments: dict[str, Any] | None = None,
         now: float | None = None,
     ) -> bool:
-        """Record a decision if the row is still pending and unexpired; True if this won."""
+        """Record a decision if the row is still pending and unexpired; True if this won.
+
+        `arguments`: a tool call approved with edited arguments.
+        """
         now = time.time() if now is None else now
         status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
         query = (
@@ -134,7 +151,13 @@ class ApprovalStore:
                 approvals.c.status == str(ApprovalStatus.PENDING),
                 approvals.c.expires_at > now,
             )
-            .values(status=str(status), comment=comment, decided_by=by, decided_at=now)
+            .values(
+                status=str(status),
+                comment=comment,
+                decided_by=by,
+                decided_at=now,
+                edited_arguments=arguments,
+            )
         )
         ours = sa.select(sa.literal(1)).where(
             approvals.c.run_id == run_id,

@@ -136,7 +136,8 @@ approvals = sa.Table(
     "am_approvals",
     metadata,
     sa.Column("run_id", sa.String(64), primary_key=True),
-    sa.Column("step_id", sa.String(200), primary_key=True),
+    # A gate step's id, or a tool call's gate `<step key>#<call id>` (400 since 0005).
+    sa.Column("step_id", sa.String(400), primary_key=True),
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("prompt", sa.Text, nullable=False, server_default=""),
@@ -146,6 +147,12 @@ approvals = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("decided_at", sa.Float, nullable=True),
+    # Added in 0005, for a tool call's gate (NULL for a gate step): the call, the text the
+    # model wrote with it, and the arguments the reviewer who approved it edited.
+    sa.Column("tool", sa.String(200), nullable=True),
+    sa.Column("arguments", sa.JSON, nullable=True),
+    sa.Column("reason", sa.Text, nullable=True),
+    sa.Column("edited_arguments", sa.JSON, nullable=True),
     sa.Index("ix_am_approvals_tenant_status", "tenant", "status"),
 )
 
