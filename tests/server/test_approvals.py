@@ -81,7 +81,12 @@ async def test_pending_approvals_are_listed_and_approved(api: Api) -> None:
         "expires_at",
         "decided_at",
         "on_timeout",
+        "tool",
+        "arguments",
+        "reason",
+        "edited_arguments",
     }
+    assert body["tool"] is None  # a gate step, not a tool call
     run = await engine_of(api).wait(run_id)
     assert run.status is RunStatus.SUCCEEDED
     assert (await api.get("/v1/approvals?status=pending")).json()["items"] == []

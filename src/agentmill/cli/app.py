@@ -123,16 +123,32 @@ def mcp(
 @app.command()
 def approve(
     run_id: Annotated[str, typer.Argument(help="Run id (see `agentmill runs list`)")],
-    step: Annotated[str, typer.Argument(help="Id of the approval step the run waits at")],
+    step: Annotated[
+        str,
+        typer.Argument(
+            help="The approval step the run waits at, or a tool call's gate `STEP#CALL`"
+        ),
+    ],
     reject: Annotated[bool, typer.Option("--reject", help="Reject instead of approving")] = False,
     comment: Annotated[
-        str | None, typer.Option("--comment", "-m", help="A note recorded with the decision")
+        str | None,
+        typer.Option(
+            "--comment",
+            "-m",
+            help="A note recorded with the decision (a rejected tool call's model reads it)",
+        ),
+    ] = None,
+    args: Annotated[
+        str | None,
+        typer.Option(
+            "--args", help="A tool call: approve it with these arguments instead (a JSON object)"
+        ),
     ] = None,
 ) -> None:
-    """Approve (or --reject) a run waiting at an approval step; recorded once."""
+    """Approve (or --reject) a run waiting at an approval step or tool call; recorded once."""
     from agentmill.cli.approve_cmd import decide_approval
 
-    run_command(lambda: decide_approval(run_id, step, not reject, comment))
+    run_command(lambda: decide_approval(run_id, step, not reject, comment, args))
 
 
 @app.command()

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agentmill.errors import InvalidStateError, UserError
 
@@ -93,10 +93,18 @@ class RunsClient(Protocol):
         ...
 
     async def decide(
-        self, run_id: str, step_id: str, *, approve: bool, comment: str | None, by: str
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        approve: bool,
+        comment: str | None,
+        by: str,
+        arguments: dict[str, Any] | None = None,
     ) -> ApprovalRecord:
-        """Approve or reject a waiting approval gate, once. `by` names the decider locally;
-        a server records the API key's id instead."""
+        """Approve or reject a waiting approval gate (or tool call: `arguments` edits its
+        arguments), once. `by` names the decider locally; a server records the API key's
+        id instead."""
         ...
 
     def process_gone(self, run: RunRecord) -> bool:
@@ -227,9 +235,18 @@ class LocalClient:
         )
 
     async def decide(
-        self, run_id: str, step_id: str, *, approve: bool, comment: str | None, by: str
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        approve: bool,
+        comment: str | None,
+        by: str,
+        arguments: dict[str, Any] | None = None,
     ) -> ApprovalRecord:
-        return await self.engine.decide(run_id, step_id, approve=approve, comment=comment, by=by)
+        return await self.engine.decide(
+            run_id, step_id, approve=approve, comment=comment, by=by, arguments=arguments
+        )
 
     def process_gone(self, run: RunRecord) -> bool:
         from agentmill.engine.liveness import owner_alive

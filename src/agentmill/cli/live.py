@@ -122,18 +122,28 @@ class ProgressView:
         view.status = "waiting"
         prompt = str(event.data.get("prompt") or "").strip()
         expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(event.data.get("expires_at", 0)))
+        # A tool call's gate (`step#call`) is decided under its own id, maybe with --args.
+        gate = str(event.data.get("gate") or view.key)
+        edit = " [--args JSON]" if "gate" in event.data else ""
+        reason = str(event.data.get("reason") or "").strip()
         self._line(
-            f"[bold yellow]⏸[/] {escape(view.key)} waits for approval"
+            f"[bold yellow]⏸[/] {escape(gate)} waits for approval"
             + (f": {escape(prompt)}" if prompt else "")
-            + f"\n    agentmill approve {escape(event.run_id)} {escape(view.key)} [--reject]"
+            + (f"\n    reason: {escape(_first_line(reason))}" if reason else "")
+            + f"\n    agentmill approve {escape(event.run_id)} {escape(gate)} [--reject]{edit}"
             + f"  (until {expires}, then {escape(str(event.data.get('on_timeout', 'reject')))})"
         )
 
     def _approval_decided(self, view: _StepView, event: EventRecord) -> None:
         by = event.data.get("by")
         outcome = str(event.data.get("status", "decided"))
+        if event.data.get("edited"):
+            outcome += " with edited arguments"
         decider = f" by {escape(str(by))}" if by else ""
-        self._line(f"[yellow]⏵[/] {escape(view.key)} {escape(outcome)}{decider}")
+        gate = event.data.get("gate")
+        if gate is not None and view.status == "waiting":
+            view.status = "running"  # the tool call goes on (or the model reads why not)
+        self._line(f"[yellow]⏵[/] {escape(str(gate or view.key))} {escape(outcome)}{decider}")
 
     def _finished(self, view: _StepView, event: EventRecord) -> None:
         view.status, view.finished = "succeeded", event.ts
@@ -284,6 +294,11 @@ def _cli_summary(data: dict[str, Any]) -> str | None:
     files = len((details.get("diff") or {}).get("files") or [])
     changed = f", {files} file{'s' if files != 1 else ''} changed" if "diff" in details else ""
     return f"exit {cli.get('exit_code')}{changed}"
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line[:limit] + ("…" if len(line) > limit or "\n" in text else "")
 
 
 def _indent(text: str) -> str:

@@ -145,6 +145,10 @@ def approval_from_json(body: dict[str, Any]) -> ApprovalRecord:
         comment=body.get("comment"),
         decided_by=body.get("decided_by"),
         decided_at=body.get("decided_at"),
+        tool=body.get("tool"),
+        arguments=body.get("arguments"),
+        reason=body.get("reason"),
+        edited_arguments=body.get("edited_arguments"),
     )
 
 
@@ -352,11 +356,20 @@ class RemoteClient:
         return [cost_from_json(item) for item in body["items"]]
 
     async def decide(
-        self, run_id: str, step_id: str, *, approve: bool, comment: str | None, by: str
+        self,
+        run_id: str,
+        step_id: str,
+        *,
+        approve: bool,
+        comment: str | None,
+        by: str,
+        arguments: dict[str, Any] | None = None,
     ) -> ApprovalRecord:
-        body: dict[str, str] = {"decision": "approve" if approve else "reject"}
+        body: dict[str, Any] = {"decision": "approve" if approve else "reject"}
         if comment is not None:
             body["comment"] = comment
+        if arguments is not None:
+            body["arguments"] = arguments
         path = _runs(run_id, "approvals", step_id)
         return approval_from_json(await self._call("POST", path, json=body))
 

@@ -2,23 +2,36 @@
 
 A decision is recorded once: a second one, one after the deadline, or one for a gate the
 run has not reached answers 409 with the reason (who decided, and when).
+
+A tool call that needs approval is a gate too, `<step key>#<call id>` (`#` is `%23` in the
+path), showing the tool, its arguments and the model's reason; approving it may replace
+the arguments (`arguments`, a JSON object), which a gate step refuses with 422.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from agentmill.server.auth import Operator, Viewer
-from agentmill.server.schemas import RunId, StepId
+from agentmill.server.schemas import NAME_PATTERN, RunId
 from agentmill.server.services import services
 from agentmill.store.approvals import ApprovalRecord, ApprovalStatus
 
 __all__ = ["ApprovalList", "ApprovalOut", "DecisionIn", "router"]
 
 router = APIRouter(tags=["approvals"])
+
+GateId = Annotated[
+    str,
+    Path(
+        max_length=400,
+        pattern=NAME_PATTERN,
+        description="A gate step's id, or a tool call's gate `<step key>#<call id>`",
+    ),
+]
 
 
 class ApprovalOut(BaseModel):
@@ -32,6 +45,16 @@ class ApprovalOut(BaseModel):
     expires_at: float
     decided_at: float | None = Field(description="When it was decided or expired")
     on_timeout: Literal["reject", "fail"]
+    tool: str | None = Field(default=None, description="A tool call's gate: the tool")
+    arguments: dict[str, Any] | None = Field(
+        default=None, description="A tool call's gate: the arguments the model asked for"
+    )
+    reason: str | None = Field(
+        default=None, description="A tool call's gate: what the model wrote with the call"
+    )
+    edited_arguments: dict[str, Any] | None = Field(
+        default=None, description="Approved with these arguments instead of the model's"
+    )
 
     @classmethod
     def of(cls, record: ApprovalRecord) -> ApprovalOut:
@@ -46,6 +69,10 @@ class ApprovalOut(BaseModel):
             expires_at=record.expires_at,
             decided_at=record.decided_at,
             on_timeout="fail" if record.on_timeout == "fail" else "reject",
+            tool=record.tool,
+            arguments=record.arguments,
+            reason=record.reason,
+            edited_arguments=record.edited_arguments,
         )
 
 
@@ -57,6 +84,10 @@ class DecisionIn(BaseModel):
     decision: Literal["approve", "reject"]
     comment: str | None = Field(
         default=None, max_length=10_000, pattern=r"^[^\x00]*$", description="No NUL characters"
+    )
+    arguments: dict[str, Any] | None = Field(
+        default=None,
+        description="A tool call's gate, approved: run the call with these arguments instead",
     )
 
 
@@ -78,10 +109,10 @@ async def run_approvals(request: Request, run_id: RunId, principal: Viewer) -> A
 
 @router.post(
     "/runs/{run_id}/approvals/{step_id}",
-    summary="Approve or reject a waiting gate (once)",
+    summary="Approve or reject a waiting gate or tool call (once)",
 )
 async def decide(
-    request: Request, run_id: RunId, step_id: StepId, body: DecisionIn, principal: Operator
+    request: Request, run_id: RunId, step_id: GateId, body: DecisionIn, principal: Operator
 ) -> ApprovalOut:
     record = await services(request).engine.decide(
         run_id,
@@ -90,5 +121,6 @@ async def decide(
         comment=body.comment,
         by=principal.key_id,
         tenant=principal.tenant,
+        arguments=body.arguments,
     )
     return ApprovalOut.of(record)
