@@ -103,6 +103,9 @@ class LoopState:
     """The current turn's tool call ids (from the model) -> call ids (`t<turn>.<k>`)."""
     reason: str = ""
     """The text the model wrote with its tool calls (shown to approvers)."""
+    policies: dict[str, Any] = field(default_factory=dict)
+    """What the policies did to the step's requests, for the step's details (as a step
+    without tools records it): rate-limit waits, fallbacks, guard flags, cache hits."""
 
     @property
     def step(self) -> str:
@@ -117,6 +120,22 @@ class LoopState:
     def account(self, usage: dict[str, Any] | None, cost: float | None) -> None:
         self.usage = self.usage + Usage.from_json(usage or {})
         self.cost_usd = None if cost is None or self.cost_usd is None else self.cost_usd + cost
+
+    def note_policies(self, details: dict[str, Any] | None) -> None:
+        """Add what the policies did to one model request to the step's totals."""
+        details = details or {}
+        found = self.policies
+        if details.get("rate_limit_wait"):
+            wait = found.get("rate_limit_wait", 0.0) + details["rate_limit_wait"]
+            found["rate_limit_wait"] = round(wait, 3)
+        if details.get("fallback"):
+            found["fallback"] = [*found.get("fallback", []), *details["fallback"]]
+        flagged = (details.get("guard") or {}).get("flagged")
+        if flagged:
+            known = found.setdefault("guard", {"flagged": []})["flagged"]
+            known.extend(flag for flag in flagged if flag not in known)
+        if details.get("cached"):
+            found["cached_requests"] = found.get("cached_requests", 0) + 1
 
 
 class ToolLoop(Agent):
@@ -185,7 +204,9 @@ class ToolLoop(Agent):
         try:
             result = await agent.run(request.prompt, usage_limits=limits)
         except UnexpectedModelBehavior as exc:
-            raise LoopStopped(f"step '{state.step}': {exc.message}") from None
+            # pydantic-ai's advice (raise the retry limit) names a setting of its own.
+            reason = exc.message.split(". Consider")[0]
+            raise LoopStopped(f"step '{state.step}' stopped: {reason}") from None
         return StepResult(
             output=result.output,
             model=self.label,
@@ -207,6 +228,7 @@ class ToolLoop(Agent):
         record = state.recorded.get(call_id)
         if record is not None and record.status is CallStatus.SUCCEEDED:
             state.account(record.usage, record.cost_usd)
+            state.note_policies(record.details)
             response = _response(record.result)
             await _replay_text(state, response)
         else:
@@ -258,7 +280,11 @@ class ToolLoop(Agent):
         )
         await self._log.commit()
         state.account(usage, result.cost_usd)
-        return _response(result.output)
+        state.note_policies(result.details)
+        response = _response(result.output)
+        if result.details.get("cached"):
+            await _replay_text(state, response)  # a cache hit streams nothing by itself
+        return response
 
     def _check_turns(self, state: LoopState) -> None:
         """Stop a step whose model did not finish when told to."""
@@ -350,7 +376,11 @@ def _finishing(
 
 
 def _details(state: LoopState) -> dict[str, Any]:
-    details: dict[str, Any] = {"turns": state.turn, "tool_calls": state.tool_calls}
+    details: dict[str, Any] = {
+        **state.policies,
+        "turns": state.turn,
+        "tool_calls": state.tool_calls,
+    }
     if state.finish_reason is not None:
         details["stopped"] = state.finish_reason
     return details
