@@ -208,23 +208,38 @@ def canonical_text(turn: ModelTurn) -> str:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
 
 
-_VOLATILE = frozenset({"timestamp", "provider_response_id", "run_id", "provider_details"})
+_VOLATILE = frozenset(
+    {
+        "timestamp",
+        "request_timestamp",
+        "duration",
+        "usage",
+        "failed_attempts",
+        "provider_response_id",
+        "provider_details",
+        "run_id",
+        "conversation_id",
+    }
+)
+"""Fields of a message or part that record when, how long, how much or which run, not what
+is sent: two identical requests differ in them."""
 
 
 def _message_json(message: Any) -> dict[str, Any]:
+    """A message as JSON without its volatile fields (see `_VOLATILE`). Only the message's
+    and its parts' own fields are dropped: tool arguments and tool results are content,
+    kept whole even when they have keys of those names."""
     from pydantic_ai.messages import ModelMessagesTypeAdapter
 
     data: dict[str, Any] = ModelMessagesTypeAdapter.dump_python([message], mode="json")[0]
-    return _without_volatile(data)
+    kept = _without_volatile(data)
+    parts = cast("list[dict[str, Any]]", data.get("parts") or [])
+    kept["parts"] = [_without_volatile(part) for part in parts]
+    return kept
 
 
-def _without_volatile(value: Any) -> Any:
-    if isinstance(value, dict):
-        items = cast("dict[str, Any]", value).items()
-        return {k: _without_volatile(v) for k, v in items if k not in _VOLATILE}
-    if isinstance(value, list):
-        return [_without_volatile(v) for v in cast("list[Any]", value)]
-    return value
+def _without_volatile(value: dict[str, Any]) -> dict[str, Any]:
+    return {key: item for key, item in value.items() if key not in _VOLATILE}
 
 
 def _parts_json(response: Any) -> list[dict[str, Any]]:

@@ -70,10 +70,19 @@ def tool_loop(
         log=StoreCallLog(services.store),
         instructions=spec.instructions,
         output_schema=spec.output,
-        limits=LoopLimits(max_turns=spec.max_turns, max_tool_calls=spec.max_tool_calls),
+        limits=_limits(spec.max_turns, spec.max_tool_calls, plan.workflow.guard.max_output_chars),
         approvals=approvals,
         workspace=_workspace(spec.workdir, spec.repo, base_dir, services),
     )
+
+
+def _limits(max_turns: int, max_tool_calls: int, max_output_chars: int | None) -> LoopLimits:
+    """The loop's guards: the workflow's `guard.max_output_chars` bounds each tool result
+    too (the loop's own bound when it is larger or unset)."""
+    bound = LoopLimits().max_result_chars
+    if max_output_chars is not None:
+        bound = min(bound, max_output_chars)
+    return LoopLimits(max_turns=max_turns, max_tool_calls=max_tool_calls, max_result_chars=bound)
 
 
 def _delegate(
