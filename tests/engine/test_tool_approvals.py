@@ -108,6 +108,22 @@ async def test_a_call_approved_with_edited_arguments_runs_with_them(
     assert decided.data["edited"] is True
 
 
+async def test_edited_arguments_that_do_not_fit_the_tool_are_an_error_the_model_sees(
+    engine: Engine, project: Project
+) -> None:
+    with scripted(project):
+        run = await project.submit(engine)
+        await requested(engine, run.id, "work#t1.1")
+        bad = {"path": 5, "text": "hi"}
+        await engine.decide(run.id, "work#t1.1", approve=True, by="cy", arguments=bad)
+        final, events = await finish(engine, run.id)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    assert project.executed() == []
+    (result,) = [e for e in events if e.kind == "step_tool_result"]
+    assert "validation error" in result.data["error"]
+    assert "path" in result.data["error"]  # the argument that does not fit is named
+
+
 async def test_two_calls_wait_at_once_in_parallel_steps_and_are_decided_in_any_order(
     engine: Engine, project: Project
 ) -> None:

@@ -106,6 +106,9 @@ def recorded_toolset(
             tool: ToolsetTool[Any],
         ) -> Any:
             async def run(arguments: dict[str, Any]) -> Any:
+                if arguments is not tool_args:
+                    # Edited by the approver: pydantic-ai validated only the model's.
+                    arguments = tool.args_validator.validate_python(arguments)
                 return await self.wrapped.call_tool(name, arguments, ctx, tool)
 
             approve = needs_approval(tool.tool_def)
