@@ -8,6 +8,7 @@ published; run counts by status and the queue depth are read from the database w
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,9 +19,15 @@ from agentmill.store.cache import TenantCacheStats
 from agentmill.store.cache import read_stats as read_cache_stats
 from agentmill.store.costs import spend_by_workflow
 
-__all__ = ["Metrics"]
+__all__ = ["MAX_TOOL_LABELS", "OTHER_TOOL", "Metrics", "ToolLabels"]
 
 _STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_TOOL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+MAX_TOOL_LABELS = 100
+"""Distinct tool names a process gives their own label; later ones count as `other`."""
+OTHER_TOOL = "other"
+_MAX_TOOL_NAME = 100
 
 
 class Metrics:
@@ -62,6 +69,20 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.tool_calls = Counter(
+            "agentmill_tool_calls",
+            "Tool calls of agents by tool and outcome (ok, error: the model was shown an error)",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.tool_seconds = Histogram(
+            "agentmill_tool_call_seconds",
+            "Duration of tool calls that ran, by tool",
+            ["tool"],
+            buckets=_TOOL_BUCKETS,
+            registry=r,
+        )
+        self.tool_names = ToolLabels(MAX_TOOL_LABELS)
         self.webhooks = Counter(
             "agentmill_webhook_deliveries",
             "Webhook deliveries by outcome",
@@ -91,6 +112,17 @@ class Metrics:
                 self.cost.labels(model).inc(float(cost))
         elif event.kind in {"step_retrying", "step_failed"} and event.attempt:
             self.step_failures.labels(str(data.get("error_kind") or "error")).inc()
+        elif event.kind == "step_tool_result":
+            self._observe_tool(data)
+
+    def _observe_tool(self, data: dict[str, Any]) -> None:
+        """A finished tool call; one refused before it ran (a guard, an approver) counts as
+        an error and takes no time."""
+        tool = self.tool_names.label(str(data.get("name") or "unknown"))
+        self.tool_calls.labels(tool, "error" if data.get("error") else "ok").inc()
+        duration = data.get("duration")
+        if isinstance(duration, int | float) and duration > 0:
+            self.tool_seconds.labels(tool).observe(float(duration))
 
     async def render(self, store: Store) -> bytes:
         """The exposition text, with database-wide gauges refreshed first."""
@@ -103,6 +135,27 @@ class Metrics:
             self.unpriced_calls.labels(tenant, workflow).set(unpriced)
         self.cache.stats = await read_cache_stats(store.engine)
         return generate_latest(self.registry)
+
+
+class ToolLabels:
+    """Tool names as metric labels, with bounded cardinality.
+
+    Tool names come from MCP servers and models, so they are untrusted and unbounded: the
+    first `limit` distinct names (cut to 100 characters) keep their own label for the life
+    of the process, every later name is counted as `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._known: set[str] = set()
+
+    def label(self, name: str) -> str:
+        name = name[:_MAX_TOOL_NAME]
+        if name in self._known:
+            return name
+        if len(self._known) >= self._limit:
+            return OTHER_TOOL
+        self._known.add(name)
+        return name
 
 
 class _CacheCollector(Collector):

@@ -7,7 +7,7 @@ the path parameter types, so a run looks the same wherever it appears.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,10 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentmill.errors import ConfigProblem
 from agentmill.spec.models import BudgetSpec, InputSpec, InputType, WorkflowSpec
 from agentmill.store import CostSummary, RunRecord, RunStatus, StepRecord, StepStatus, run_cost
+from agentmill.store.call_summary import CallSummary
 
 __all__ = [
     "ID_PATTERN",
     "NAME_PATTERN",
+    "CallList",
+    "CallOut",
     "ConfigProblemOut",
     "CostOut",
     "CostTotals",
@@ -144,6 +147,49 @@ class StepOut(_Out):
             cost_usd=step.cost_usd,
             details=step.details,
         )
+
+
+class CallOut(_Out):
+    """One model request or tool call of a step, as the durable agent loop recorded it.
+
+    Arguments are a redacted preview and the result only its size: a tool's whole result
+    stays in the run's database (it may be large, and hold what the tool read)."""
+
+    step: str = Field(description="The step's key: `step`, or `step[index]` for a foreach item")
+    call_id: str = Field(
+        description="`m<turn>` for the turn's model request, `t<turn>.<n>` for its tool calls"
+    )
+    kind: Literal["model", "tool"]
+    name: str = Field(description="The model that answered, or the tool's name")
+    status: Literal["running", "waiting", "succeeded", "failed"] = Field(
+        description="`waiting`: a tool call waiting for approval; `failed`: the model was "
+        "shown an error instead of a result"
+    )
+    attempt: int = Field(description="The step attempt that made the call")
+    args: str | None = Field(
+        description="A tool call's arguments as JSON, secrets redacted, cut at 2,000 characters"
+    )
+    error: str | None = Field(description="What the model was told instead of a result")
+    size: int | None = Field(description="Characters of a successful tool call's result")
+    usage: Usage | None = Field(description="Tokens of a model request (or of an agent tool)")
+    cost_usd: float | None = Field(description="What it cost; null when unknown or free")
+    started_at: float | None
+    finished_at: float | None
+    duration: float | None = Field(description="Seconds; null while the call runs")
+    details: dict[str, Any] | None = Field(
+        description="Policy details of a model request (cached, fallback); `refused` or "
+        "`stopped` for a tool call a guard or an approver did not let run"
+    )
+
+    @classmethod
+    def from_summary(cls, summary: CallSummary) -> CallOut:
+        return cls.model_validate(summary.to_json())
+
+
+class CallList(_Out):
+    """A run's calls in the order they started."""
+
+    items: list[CallOut]
 
 
 class CostOut(_Out):

@@ -17,6 +17,8 @@ from agentmill.server.problems import ApiProblem
 from agentmill.server.schemas import (
     ID_PATTERN,
     NAME_PATTERN,
+    CallList,
+    CallOut,
     RetryRequest,
     RunDetail,
     RunId,
@@ -26,6 +28,7 @@ from agentmill.server.schemas import (
 )
 from agentmill.server.services import services
 from agentmill.store import RunRecord, RunStatus, StepRecord
+from agentmill.store.call_summary import summarize_call
 
 __all__ = ["decode_cursor", "encode_cursor", "router"]
 
@@ -134,6 +137,28 @@ async def show_run(request: Request, run_id: RunId, principal: Viewer) -> RunDet
             raise result
     run, steps, last_seq = cast(tuple[RunRecord, list[StepRecord], int], tuple(found))
     return RunDetail.from_records(run, steps, last_seq)
+
+
+@router.get("/runs/{run_id}/calls", summary="List a run's model requests and tool calls")
+async def list_calls(
+    request: Request,
+    run_id: RunId,
+    principal: Viewer,
+    step: Annotated[
+        str | None,
+        Query(
+            max_length=300,
+            pattern=NAME_PATTERN,
+            description="Only the calls of this step key (`step` or `step[index]`)",
+        ),
+    ] = None,
+) -> CallList:
+    """Each model request and tool call an agent with tools made, in the order they started:
+    tool arguments as a redacted preview, results as their size."""
+    store = services(request).engine.store
+    await store.get_run(run_id, tenant=principal.tenant)  # another tenant's run: 404
+    records = await store.calls(run_id, step)
+    return CallList(items=[CallOut.from_summary(summarize_call(record)) for record in records])
 
 
 @router.post(
