@@ -4,7 +4,9 @@ The tool takes a task, runs the other agent on it (with all its policies: budget
 rate limit, its own tools) as a child call keyed `<step>><call id>`, and returns its output
 with the usage and cost of its requests. Its text streams live as `tool_output` events of
 the calling step; a child loop records its own calls under the child key, so a crash in the
-middle of a delegation resumes the child where it was.
+middle of a delegation resumes the child where it was. A provider failure or a budget
+refusal of the child ends the calling step's attempt (a transient one is retried, replaying
+the child); its other errors go to the calling model like any tool's.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ Every tool call of a step goes through the toolset `recorded_toolset` returns:
    and a `tool_result` event after, and its result committed before the model sees it.
 
 A tool's error goes back to the model as a retry prompt (pydantic-ai's `ModelRetry`), with
-the loop's retry limit; it never crashes the step by itself.
+the loop's retry limit; it never crashes the step by itself. The exceptions are an agent
+used as a tool whose provider failed or whose budget refused it: those end the step's
+attempt like the step's own request would (`_ENDS_THE_ATTEMPT`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agentmill.agents.tools.context import ToolCall, ToolOutcome, executing
+from agentmill.errors import BudgetExceeded, ProviderError
 from agentmill.logs import Redactor
 from agentmill.store.records import CallRecord, CallStatus
 
@@ -45,6 +48,11 @@ EVENT_PREVIEW_CHARS = 2000
 """Arguments and results are shown in events up to this many characters."""
 
 _REDACTOR = Redactor()
+
+_ENDS_THE_ATTEMPT = (ProviderError, BudgetExceeded)
+"""Failures of an agent used as a tool that end the step's attempt instead of going to
+the model: a provider failure is retried as the step's (the next attempt replays the
+child's finished requests and calls), a budget refusal stops the step's spending."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -328,7 +336,7 @@ class _Calls:
                 value = await run(arguments)
         except ModelRetry as exc:
             return None, exc.message
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, *_ENDS_THE_ATTEMPT):
             raise
         except Exception as exc:  # noqa: BLE001 - a tool's failure is the model's to handle
             logger.info("tool %s (call %s) failed: %s", name, call_id, _redacted(str(exc)))
