@@ -3,6 +3,7 @@ the arguments a person gave instead of the model's; the live view says how to de
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -85,6 +86,15 @@ def test_approve_with_args_runs_the_call_with_them(any_backend_cli: Cli) -> None
         first = process.stderr.readline()  # "run <id> started (w)"
         run_id = first.split()[1]
         assert _wait_for_pending(cli, run_id) == ["work#t1.1"]
+        listed = cli.run("approvals", "list", "--json")
+        assert listed.returncode == 0, listed.stderr
+        (waiting,) = json.loads(listed.stdout)
+        assert (waiting["run_id"], waiting["step_id"]) == (run_id, "work#t1.1")
+        assert (waiting["tool"], waiting["arguments"]) == ("step", {"n": 1})
+        table = cli.run("approvals", "list", "--run", run_id)
+        assert "work#t1.1" in table.stdout
+        assert 'Call step with {"n": 1}' in table.stdout
+        assert "agentmill approve RUN GATE" in table.stderr
 
         bad = cli.run("approve", run_id, "work#t1.1", "--args", "[1]")
         assert bad.returncode == 2
@@ -108,3 +118,9 @@ def test_approve_with_args_runs_the_call_with_them(any_backend_cli: Cli) -> None
     assert f"agentmill approve {run_id} work#t1.1 [--reject] [--args JSON]" in stderr
     tools = [line for line in cli.calls() if line.startswith("tool ")]
     assert tools == [f"tool 7 {run_id}/work/t1.1"]
+    decided = cli.run("approvals", "list", "--status", "approved", "--json")
+    (approved,) = json.loads(decided.stdout)
+    assert approved["edited_arguments"] == {"n": 7}
+    unknown = cli.run("approvals", "list", "--status", "maybe")
+    assert unknown.returncode == 2
+    assert "unknown approval status 'maybe'" in unknown.stderr

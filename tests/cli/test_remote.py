@@ -363,6 +363,11 @@ def test_approve_decides_a_gate_on_the_server(server: Server, client: Client) ->
     runner = client.start("run", "-", "gated", "-i", f"topic={_topic()}")
     run_id = _started_id(runner)
     _wait_for_gate(server, run_id)
+    listed = client.run("approvals", "list", "--run", run_id, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [a["step_id"] for a in json.loads(listed.stdout)] == ["sign-off"]
+    pending = json.loads(client.run("approvals", "list", "--json").stdout)
+    assert run_id in [a["run_id"] for a in pending]
     approved = client.run("approve", run_id, "sign-off", "-m", "looks good")
     assert approved.returncode == 0, approved.stderr
     assert "sign-off approved" in approved.stdout

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from agentmill.cli import cache_cmd, keys_cmd, runs_cmd
+from agentmill.cli import approvals_cmd, cache_cmd, keys_cmd, runs_cmd
 from agentmill.cli.exits import EXIT_USAGE, run_command
 
 __all__ = ["app", "main"]
@@ -28,6 +28,7 @@ app = typer.Typer(
 app.add_typer(runs_cmd.app, name="runs")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(cache_cmd.app, name="cache")
+app.add_typer(approvals_cmd.app, name="approvals")
 
 
 @app.command()

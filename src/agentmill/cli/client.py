@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from agentmill.settings import Settings
     from agentmill.spec.models import BudgetSpec, ProjectSpec
     from agentmill.store import CostSummary, EventRecord, RunRecord, RunStatus, StepRecord
-    from agentmill.store.approvals import ApprovalRecord
+    from agentmill.store.approvals import ApprovalRecord, ApprovalStatus
     from agentmill.store.costs import CostGroup
 
 __all__ = [
@@ -105,6 +105,13 @@ class RunsClient(Protocol):
         """Approve or reject a waiting approval gate (or tool call: `arguments` edits its
         arguments), once. `by` names the decider locally; a server records the API key's
         id instead."""
+        ...
+
+    async def approvals(
+        self, *, status: ApprovalStatus | None, run_id: str | None
+    ) -> list[ApprovalRecord]:
+        """The tenant's approvals (gate steps and tool calls), of one run or all, newest
+        first."""
         ...
 
     def process_gone(self, run: RunRecord) -> bool:
@@ -247,6 +254,11 @@ class LocalClient:
         return await self.engine.decide(
             run_id, step_id, approve=approve, comment=comment, by=by, arguments=arguments
         )
+
+    async def approvals(
+        self, *, status: ApprovalStatus | None, run_id: str | None
+    ) -> list[ApprovalRecord]:
+        return await self.engine.approvals(status=status, run_id=run_id)
 
     def process_gone(self, run: RunRecord) -> bool:
         from agentmill.engine.liveness import owner_alive

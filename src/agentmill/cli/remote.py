@@ -373,6 +373,17 @@ class RemoteClient:
         path = _runs(run_id, "approvals", step_id)
         return approval_from_json(await self._call("POST", path, json=body))
 
+    async def approvals(
+        self, *, status: ApprovalStatus | None, run_id: str | None
+    ) -> list[ApprovalRecord]:
+        if run_id is None:
+            params = {"status": str(status)} if status is not None else {}
+            body = await self._call("GET", "/v1/approvals", params=params)
+        else:
+            body = await self._call("GET", _runs(run_id, "approvals"))
+        found = [approval_from_json(item) for item in body["items"]]
+        return [a for a in found if status is None or a.status is status]
+
     def process_gone(self, run: RunRecord) -> bool:
         return False  # the servers adopt the runs of a dead one themselves
 
