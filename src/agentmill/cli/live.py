@@ -14,6 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from agentmill.logs import strip_controls
 from agentmill.store import EventRecord, StepRecord
 
 __all__ = ["ProgressView"]
@@ -172,6 +173,34 @@ class ProgressView:
         if event.attempt == view.attempt:
             self._line(f"[dim]  {escape(view.key)} uses {escape(str(event.data.get('tool')))}[/]")
 
+    def _tool_call(self, view: _StepView, event: EventRecord) -> None:
+        """`  → step name(args…)`: a tool call of an agent with tools, as it starts."""
+        if event.attempt != view.attempt:
+            return
+        name, args = _untrusted(event.data.get("name")), _untrusted(event.data.get("args"))
+        self._line(f"[dim]  → {escape(view.key)}[/] {escape(name)}({escape(_cut(args, 80))})")
+
+    def _tool_result(self, view: _StepView, event: EventRecord) -> None:
+        """`  ← step name 0.12s, 48 chars`, or `  ✘ step name: <error>` (the model sees it)."""
+        if event.attempt != view.attempt:
+            return
+        name = escape(_untrusted(event.data.get("name")))
+        took = f"{float(event.data.get('duration') or 0.0):.2f}s"
+        if error := event.data.get("error"):
+            what = escape(_first_line(strip_controls(str(error))))
+            self._line(f"[yellow]  ✘ {escape(view.key)}[/] {name} {took}: {what}")
+        else:
+            size = int(event.data.get("size") or 0)
+            self._line(f"[dim]  ← {escape(view.key)}[/] {name} {took}, {size:,} chars")
+
+    def _tool_output(self, view: _StepView, event: EventRecord) -> None:
+        """Text an agent used as a tool streams: shown in the step's live panel, not in the
+        plain output (the step's own answer is printed there when it finishes)."""
+        if event.attempt != view.attempt or self._live is None:
+            return
+        view.text += strip_controls(str(event.data.get("text", "")))
+        self._last_text_step = view.key
+
     def _stderr(self, view: _StepView, event: EventRecord) -> None:
         if event.attempt != view.attempt:
             return
@@ -301,6 +330,15 @@ def _first_line(text: str, limit: int = 200) -> str:
     return line[:limit] + ("…" if len(line) > limit or "\n" in text else "")
 
 
+def _untrusted(value: object) -> str:
+    """Text from a tool, an MCP server or a model, on one line without control characters."""
+    return strip_controls(str(value if value is not None else ""), keep_newlines=False)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _indent(text: str) -> str:
     return "\n".join(f"    {line}" for line in text.splitlines())
 
@@ -314,6 +352,9 @@ _HANDLERS = {
     "step_waiting": ProgressView._waiting,
     "step_skipped": ProgressView._skipped,
     "step_tool": ProgressView._tool,
+    "step_tool_call": ProgressView._tool_call,
+    "step_tool_result": ProgressView._tool_result,
+    "step_tool_output": ProgressView._tool_output,
     "step_session": ProgressView._session,
     "step_stderr": ProgressView._stderr,
     "step_blocked": ProgressView._blocked,
