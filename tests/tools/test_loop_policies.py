@@ -88,6 +88,10 @@ async def test_a_run_budget_exceeded_at_the_third_request_stops_the_step(
     assert step.attempt == 1  # a refusal is not retried
     assert model.calls == 2
     assert [e["a"] for e in executed(tmp_path)] == [0, 1]  # no tool call after the refusal
+    refused = next(c for c in done.calls if c.call_id == "m3")
+    assert refused.status is CallStatus.FAILED
+    assert refused.error is not None
+    assert refused.error.startswith("budget exceeded: workflow 'w' per-run budget")
     budgets = BudgetStore(engine.store.sync_engine)
     holds = await budgets.holds(done.run.id)
     assert sorted(h.call_key for h in holds) == ["work#m1", "work#m2"]
@@ -342,3 +346,37 @@ async def test_secrets_in_tool_arguments_and_errors_are_redacted_in_events_and_l
     assert "ValueError: cannot use api_key=[REDACTED]" in shown[3]
     assert "sk-abcdefghij" not in caplog.text
     assert "tool fetch (call t2.1) failed: cannot use api_key=[REDACTED]" in caplog.text
+
+
+async def test_max_output_chars_measures_what_the_model_wrote_not_the_response_record(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return ModelResponse(parts=[ToolCallPart("add", {"a": 1, "b": 2})])
+        return ModelResponse(parts=[TextPart("3")])
+
+    # A response's record (usage, model, timestamps) is longer than this; its content not.
+    config = project(workflow="    guard: {max_output_chars: 200}")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+    assert done.run.outputs == {"work": "3"}
+
+
+async def test_a_long_answer_inside_the_loop_is_still_blocked(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart("y" * 500)])
+
+    config = project(workflow="    guard: {max_output_chars: 200}")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.FAILED
+    assert done.steps["work"].error is not None
+    assert "output of step 'work#m1' went past 500 characters, limit 200" in (
+        done.steps["work"].error
+    )

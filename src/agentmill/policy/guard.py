@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import TemplateSyntaxError
 
@@ -63,7 +63,7 @@ class GuardedAgent(Agent):
         if limit is not None:
             context = _BoundedContext(context, limit=limit, key=request.key, preset=self._preset)
         result = await self.inner.run(request, context)
-        size = _size(result.output)
+        size = _turn_size(result.output) if request.turn is not None else _size(result.output)
         if limit is not None and size > limit:
             raise GuardBlocked(_output_message(request.key, size, limit, self._preset))
         if flagged:
@@ -175,6 +175,21 @@ def _size(output: Any) -> int:
     if isinstance(output, str):
         return len(output)
     return len(json.dumps(output, ensure_ascii=False, default=str))
+
+
+def _turn_size(response: Any) -> int:
+    """What one model request of an agent loop wrote: its text and its tool calls (names
+    and arguments), not the rest of the response's record (usage, model, timestamps)."""
+    if not isinstance(response, dict):
+        return _size(response)
+    size = 0
+    for part in cast("dict[str, Any]", response).get("parts") or []:
+        kind = part.get("part_kind")
+        if kind in {"text", "thinking"}:
+            size += len(part.get("content") or "")
+        elif kind == "tool-call":
+            size += len(part.get("tool_name") or "") + _size(part.get("args") or "")
+    return size
 
 
 def untrusted_sources(

@@ -36,7 +36,7 @@ from agentmill.agents.base import (
     as_durable,
 )
 from agentmill.agents.llm import canonical_text
-from agentmill.errors import LoopStopped
+from agentmill.errors import AgentmillError, LoopStopped
 from agentmill.store.records import CallRecord, CallStatus
 
 if TYPE_CHECKING:
@@ -264,7 +264,11 @@ class ToolLoop(Agent):
             started_at=started,
         )
         self._log.put(record)
-        result = await self._model_agent.run(request, state.context)
+        try:
+            result = await self._model_agent.run(request, state.context)
+        except Exception as exc:
+            self._log.put(_failed(record, exc))  # committed with the attempt's failure
+            raise
         usage = result.usage.to_json()
         self._log.put(
             replace(
@@ -313,6 +317,13 @@ class _TurnModel:
                 )
 
         return TurnModel(wrapped)
+
+
+def _failed(record: CallRecord, error: Exception) -> CallRecord:
+    """A model request the policies refused or the provider failed; the next attempt makes
+    it again. An unexpected error is named by its type only (the step's error has its id)."""
+    shown = str(error) if isinstance(error, AgentmillError) else type(error).__name__
+    return replace(record, status=CallStatus.FAILED, error=shown, finished_at=time.time())
 
 
 def _approval_metadata(tool_def: ToolDefinition) -> bool:
