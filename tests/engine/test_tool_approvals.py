@@ -144,6 +144,25 @@ async def test_two_calls_wait_at_once_in_parallel_steps_and_are_decided_in_any_o
     assert "rejected by dee: no" in str(outputs["left"])
 
 
+async def test_two_calls_of_one_response_wait_at_once_and_each_decision_runs_its_own(
+    engine: Engine, project: Project
+) -> None:
+    with scripted(project):
+        run = await project.submit(engine, "pair")
+        await requested(engine, run.id, "work#t1.1")
+        await requested(engine, run.id, "work#t1.2")
+        await engine.decide(run.id, "work#t1.2", approve=True, by="gil")
+        await _until(lambda: [c["path"] for c in project.executed()] == ["b.md"])
+        await engine.decide(run.id, "work#t1.1", approve=True, by="gil")
+        final, _ = await finish(engine, run.id)
+    assert final.status is RunStatus.SUCCEEDED, final.error
+    assert [(c["path"], c["key"]) for c in project.executed()] == [
+        ("b.md", f"{run.id}/work/t1.2"),
+        ("a.md", f"{run.id}/work/t1.1"),
+    ]
+    assert final.outputs == {"work": "got ['saved a.md', 'saved b.md']"}
+
+
 async def test_a_restart_while_waiting_keeps_the_one_gate_and_runs_the_call_once(
     settings: Settings, project: Project
 ) -> None:

@@ -61,6 +61,9 @@ workflows:
     steps:
       - {{id: left, agent: writer, prompt: "left"}}
       - {{id: right, agent: writer, prompt: "right"}}
+  pair:
+    steps:
+      - {{id: work, agent: writer, prompt: "pair"}}
   gated:
     steps:
       - {{id: sign-off, approval: {{prompt: "go?"}}}}
@@ -117,17 +120,20 @@ def _tool_results(messages: list[ModelMessage]) -> list[str]:
 
 @contextlib.contextmanager
 def scripted(project: Project) -> Generator[None]:
-    """The model asks once to save `<prompt>.md` (saying why), then reports what it got."""
+    """The model asks once to save `<prompt>.md` (saying why; with the prompt `pair`, two
+    calls in one response: `a.md` and `b.md`), then reports what it got."""
 
     def script(messages: list[ModelMessage], _info: AgentInfo) -> ModelResponse:
         prompt = _prompt(messages)
         turn = sum(isinstance(m, ModelResponse) for m in messages) + 1
         project.model_turns.append(f"{prompt} {turn}")
         if turn == 1:
-            call = ToolCallPart(
-                "save_note", {"path": f"{prompt}.md", "text": "hello"}, tool_call_id="c1"
-            )
-            return ModelResponse(parts=[TextPart(f"I keep the {prompt} notes."), call])
+            paths = ["a.md", "b.md"] if prompt == "pair" else [f"{prompt}.md"]
+            calls = [
+                ToolCallPart("save_note", {"path": path, "text": "hello"}, tool_call_id=f"c{n}")
+                for n, path in enumerate(paths, 1)
+            ]
+            return ModelResponse(parts=[TextPart(f"I keep the {prompt} notes."), *calls])
         return ModelResponse(parts=[TextPart(f"got {_tool_results(messages)}")])
 
     model = FunctionModel(script)
