@@ -115,7 +115,7 @@ def test_approve_with_args_runs_the_call_with_them(any_backend_cli: Cli) -> None
             process.kill()
     assert process.returncode == 0, stderr
     assert 'work#t1.1 waits for approval: Call step with {"n": 1}' in stderr
-    assert f"agentmill approve {run_id} work#t1.1 [--reject] [--args JSON]" in stderr
+    assert f"agentmill approve {run_id} 'work#t1.1' [--reject] [--args JSON]" in stderr
     tools = [line for line in cli.calls() if line.startswith("tool ")]
     assert tools == [f"tool 7 {run_id}/work/t1.1"]
     decided = cli.run("approvals", "list", "--status", "approved", "--json")

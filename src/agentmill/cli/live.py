@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from shlex import quote
 from typing import Any
 
 from rich.console import Console, Group
@@ -125,13 +126,14 @@ class ProgressView:
         expires = time.strftime("%Y-%m-%d %H:%M", time.localtime(event.data.get("expires_at", 0)))
         # A tool call's gate (`step#call`) is decided under its own id, maybe with --args.
         gate = str(event.data.get("gate") or view.key)
+        command = f"agentmill approve {escape(event.run_id)} {escape(quote(gate))}"
         edit = " [--args JSON]" if "gate" in event.data else ""
         reason = str(event.data.get("reason") or "").strip()
         self._line(
             f"[bold yellow]⏸[/] {escape(gate)} waits for approval"
             + (f": {escape(prompt)}" if prompt else "")
             + (f"\n    reason: {escape(_first_line(reason))}" if reason else "")
-            + f"\n    agentmill approve {escape(event.run_id)} {escape(gate)} [--reject]{edit}"
+            + f"\n    {command} [--reject]{edit}"
             + f"  (until {expires}, then {escape(str(event.data.get('on_timeout', 'reject')))})"
         )
 
