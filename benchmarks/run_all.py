@@ -22,6 +22,8 @@ SCRIPTS = [
     "bench_ratelimit",
     "bench_cli",
     "bench_cli_steps",
+    "tool_calls",
+    "dbos_resume",
 ]
 
 
