@@ -27,6 +27,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,8 +46,13 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.usage import UsageLimits
 
+from agentmill.agents.models import override_models
+from agentmill.engine.engine import Engine
+from agentmill.settings import Settings
+from agentmill.spec.loader import load_project_text
+from agentmill.spec.models import ProjectSpec
 from agentmill.store.db import prepare_sqlite_file, sync_url
-from benchmarks._common import PG_ADMIN_URL, median, row
+from benchmarks._common import PG_ADMIN_URL, median, postgres_settings, row, sqlite_settings
 
 CALLS = int(os.environ.get("AGENTMILL_BENCH_CALLS", "200"))
 ROUNDS = int(os.environ.get("AGENTMILL_BENCH_ROUNDS", "5"))
@@ -178,17 +184,60 @@ async def bench_dbos(url: str, agents: dict[str, Any], calls: int) -> dict[str, 
         )
     finally:
         DBOS.destroy(destroy_registry=False)
+        # DBOS made its thread pool the loop's default executor and has just shut it down.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
 
 
-async def bench_agentmill(backend: str, calls: int) -> tuple[list[Sample], list[Sample]] | None:
-    """ms per tool call through the engine and of the bare run (paired rounds), or None while
-    the durable loop is not on main.
+TOOLS_MODULE = '''
+def ping(i: int) -> int:
+    """Echo i."""
+    return i
+'''
 
-    TODO(issue 11): run a one-step workflow whose agent has the `ping` tool, through the
-    real engine with `override_models`, once `agents/tools/loop.py` and its engine wiring land.
-    """
-    del backend, calls
-    return None
+CONFIG = """
+version: 1
+agents:
+  pinger:
+    model: openai:gpt-4o
+    max_turns: {turns}
+    max_tool_calls: {calls}
+    tools: [{{function: {module}:ping}}]
+workflows:
+  w:
+    steps:
+      - {{id: work, agent: pinger, prompt: go}}
+"""
+
+
+async def _engine_run(engine: Engine, project: ProjectSpec, config: Path) -> None:
+    run = await engine.submit(project, "w", {}, config_path=str(config))
+    finished = await engine.wait(run.id)
+    assert finished.status == "succeeded", finished.error
+
+
+async def bench_agentmill(settings: Settings, calls: int) -> tuple[list[Sample], list[Sample]]:
+    """ms per tool call through the engine (a one-step workflow whose agent has the tool),
+    and of the bare run, in paired rounds."""
+    module = f"bench_tools_{uuid.uuid4().hex[:8]}"
+    (settings.home / f"{module}.py").write_text(TOOLS_MODULE)
+    config = settings.home / "agentmill.yaml"
+    config.write_text(CONFIG.format(module=module, turns=calls + 1, calls=calls))
+    project = load_project_text(config.read_text(), str(config)).spec
+    bare = Agent(scripted_model(calls), tools=[ping])
+    engine = Engine(settings)
+    await engine.start()
+    try:
+        with override_models(lambda label: scripted_model(calls)):
+            times = await _rounds(
+                {
+                    "bare": lambda: bare.run("go", usage_limits=LIMITS),
+                    "agentmill": lambda: _engine_run(engine, project, config),
+                },
+                calls,
+            )
+    finally:
+        await engine.stop()
+    return times["agentmill"], times["bare"]
 
 
 @contextmanager
@@ -241,14 +290,13 @@ def _cells(name: str, times: list[Sample] | None, bare: list[Sample]) -> str:
     )
 
 
-async def _backend_rows(backend: str, url: str, agents: dict[str, Any]) -> None:
-    times = await bench_dbos(url, agents, CALLS)
+async def _backend_rows(backend: str, settings: Settings, agents: dict[str, Any]) -> None:
+    times = await bench_dbos(sync_url(settings.resolved_database_url), agents, CALLS)
     bare = times["bare"]
     print(_cells(f"DBOSAgent, model steps ({backend})", times["model"], bare), flush=True)
     print(_cells(f"DBOSAgent, model + tool steps ({backend})", times["all"], bare), flush=True)
     print(_cells(f"DBOSDurability, model + tool steps ({backend})", times["capability"], bare))
-    ours = await bench_agentmill(backend, CALLS)
-    print(_cells(f"agentmill ({backend})", *(ours or (None, bare))), flush=True)
+    print(_cells(f"agentmill ({backend})", *await bench_agentmill(settings, CALLS)), flush=True)
 
 
 async def main() -> None:
@@ -258,13 +306,14 @@ async def main() -> None:
         row("variant", "per call", "bare per call", "overhead (wall)", "overhead (CPU)", "target")
     )
     print(row("---", "---", "---", "---", "---", "---"))
-    with sqlite_url() as url:
-        await _backend_rows("SQLite", url, agents)
-    with postgres_url() as url:
-        if url is None:
+    with sqlite_settings() as settings:
+        prepare_sqlite_file(settings.resolved_database_url)
+        await _backend_rows("SQLite", settings, agents)
+    with postgres_settings() as settings:
+        if settings is None:
             print(row("PostgreSQL", "skipped: PostgreSQL not reachable", "", "", "", ""))
         else:
-            await _backend_rows("PostgreSQL", url, agents)
+            await _backend_rows("PostgreSQL", settings, agents)
 
 
 if __name__ == "__main__":
