@@ -436,3 +436,27 @@ async def test_a_flagged_untrusted_input_is_noted_in_the_loop_steps_details(
     assert flagged
     assert {flag["source"] for flag in flagged} == {"inputs.body"}
     assert len(flagged) == len({flag["pattern"] for flag in flagged})  # once per request
+
+
+async def test_retries_count_per_request_not_per_step(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    answer = adder(4)
+    failed: set[int] = set()
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        request = turns(messages) + 1
+        if request in {2, 4} and request not in failed:
+            failed.add(request)
+            raise ModelHTTPError(status_code=503, model_name="gpt-4o", body="overloaded")
+        return answer.script(messages, info)
+
+    model = Scripted(script)
+    config = project(agent="    retries: 1", step=", backoff: 0.01")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: model})
+
+    # Two requests each failed once: each was retried once, as `retries: 1` says.
+    assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+    assert done.steps["work"].attempt == 3
+    assert [e["a"] for e in executed(tmp_path)] == [0, 1, 2, 3]

@@ -141,6 +141,10 @@ async def run_call(
         if record is not None:
             return record
         assert error is not None
+        if note.progressed:
+            # An agent loop got further: the request it failed at gets its full retries.
+            max_attempts = attempt - 1 + (call.retries + 1) * call.models
+            retry_number = 0
         if drain is not None and drain.draining and retryable(error):
             logger.info("attempt %d ended while shutting down, not retried: %s", attempt, error)
             await drain.wait_interrupted()

@@ -77,6 +77,10 @@ class AttemptNote:
     """The next attempt uses another model: it starts at once, without a delay."""
     details: dict[str, Any] = field(default_factory=dict)
     """What the policies did in a failed attempt (e.g. `fallback`), recorded with the failure."""
+    progressed: bool = False
+    """Set for an agent loop (`policy/tools.py`) when the attempt finished a model request
+    that the next attempt replays instead of making: the failure is then the first of the
+    request it failed at, which gets its full retries (`retries` counts per request)."""
 
 
 _note: ContextVar[AttemptNote | None] = ContextVar("agentmill_attempt_note", default=None)

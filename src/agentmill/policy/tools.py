@@ -10,15 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentmill.agents.base import Agent, StepContext, StepRequest, StepResult
 from agentmill.agents.tools.loop import LoopLimits, ToolLoop, Workspace
 from agentmill.agents.tools.toolsets import tool_toolsets
+from agentmill.policy.retry import current_note
 from agentmill.spec.models import WORKTREE
 from agentmill.store.records import CallRecord
 
 if TYPE_CHECKING:
     from pydantic_ai.toolsets import AbstractToolset
 
-    from agentmill.agents.base import Agent, StepRequest
     from agentmill.agents.llm import LLMAgent
     from agentmill.engine.plan import RunPlan
     from agentmill.policy.chain import PolicyServices, RunScope
@@ -63,7 +64,7 @@ def tool_loop(
     toolsets = tool_toolsets(spec.tools, servers=plan.mcp, base_dir=base_dir, delegate=delegate)
     approvals = services.tool_approvals(scope) if services.tool_approvals is not None else None
     return ToolLoop(
-        model_agent=model_agent,
+        model_agent=_Progressing(model_agent),
         model=llm.model,
         label=llm.label,
         toolsets=toolsets,
@@ -74,6 +75,22 @@ def tool_loop(
         approvals=approvals,
         workspace=_workspace(spec.workdir, spec.repo, base_dir, services),
     )
+
+
+class _Progressing(Agent):
+    """The loop's model requests, each one that is answered noted as progress of the
+    step's attempt: a retry replays it, so a request failing later gets its own retries
+    (`AttemptNote.progressed`)."""
+
+    def __init__(self, inner: Agent) -> None:
+        self._inner = inner
+
+    async def run(self, request: StepRequest, context: StepContext) -> StepResult:
+        result = await self._inner.run(request, context)
+        note = current_note()
+        if note is not None:
+            note.progressed = True
+        return result
 
 
 def _limits(max_turns: int, max_tool_calls: int, max_output_chars: int | None) -> LoopLimits:
