@@ -219,11 +219,9 @@ class _Calls:
         async def on_wait() -> None:
             self._log.put(replace(waiting, status=CallStatus.WAITING))
             await self._log.commit()
-            await state.context.emit_event(
-                "tool_approval", call=call_id, name=name, args=_preview(arguments)
-            )
 
-        decision = await self._approvals.decide(
+        # The gate announces itself and its decision (`approval_requested`, `_decided`).
+        return await self._approvals.decide(
             run_id=state.request.run_id,
             step=state.step,
             call_id=call_id,
@@ -232,15 +230,6 @@ class _Calls:
             reason=state.reason,
             on_wait=on_wait,
         )
-        await state.context.emit_event(
-            "tool_decided",
-            call=call_id,
-            name=name,
-            approved=decision.approved,
-            edited=decision.arguments is not None,
-            **({"by": decision.decided_by} if decision.decided_by else {}),
-        )
-        return decision
 
     async def _refuse(
         self,
