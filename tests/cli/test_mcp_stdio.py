@@ -101,6 +101,7 @@ async def test_calling_a_tool_runs_the_workflow_and_returns_its_outputs(cli: Cli
     assert text.type == "text"
     assert json.loads(text.text) == structured
     assert cli.calls() == ["draft otters x3", "polish done draft otters x3"]
+    assert reports[0] == (0, 2, f"run {structured['run_id']} started")
     assert (2, 2, "polish: finished") in reports
 
 

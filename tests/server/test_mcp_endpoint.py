@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,9 @@ workflows:
       tags: {type: list, default: []}
     steps:
       - {id: draft, agent: writer, prompt: "draft {{ inputs.topic }} {{ inputs.tags | length }}"}
+  held:
+    steps:
+      - {id: wait, agent: writer, prompt: "hold shutdown"}
 """
 
 
@@ -78,20 +81,25 @@ def _create_key(home: Path, env: dict[str, str], tenant: str, role: str) -> str:
     return created.stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    home = tmp_path_factory.mktemp("mcp-serve")
+@dataclass
+class _Process:
+    popen: subprocess.Popen[str] | None = None
+
+
+@contextlib.contextmanager
+def _serving(
+    home: Path, keys_for: list[tuple[str, str]], proc: _Process, **extra_env: str
+) -> Generator[Served]:
+    """A real `agentmill serve` of CONFIG in `home`, with a key per (tenant, role)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMILL_")}
     env |= {
         "AGENTMILL_HOME": str(home / ".agentmill"),
         "AGENTMILL_TEST_CALL_LOG": str(home / "calls.log"),
         "PYTHONPATH": str(ROOT),
+        **extra_env,
     }
     (home / "agentmill.yaml").write_text(CONFIG)
-    keys = {
-        (tenant, role): _create_key(home, env, tenant, role)
-        for tenant, role in [("acme", "operator"), ("acme", "viewer"), ("globex", "operator")]
-    }
+    keys = {(tenant, role): _create_key(home, env, tenant, role) for tenant, role in keys_for}
     port = free_port()
     process = subprocess.Popen(
         [*_SERVE, "--config", "agentmill.yaml", "--port", str(port), "--workers", "2"],
@@ -102,6 +110,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         text=True,
         start_new_session=True,
     )
+    proc.popen = process
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(process, url)
@@ -111,7 +120,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
         assert process.stderr is not None
+        print(process.stderr.read())  # shown by pytest when a test fails
         process.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    home = tmp_path_factory.mktemp("mcp-serve")
+    keys_for = [("acme", "operator"), ("acme", "viewer"), ("globex", "operator")]
+    with _serving(home, keys_for, _Process()) as found:
+        yield found
 
 
 @asynccontextmanager
@@ -129,7 +147,7 @@ async def _session(served: Served, headers: dict[str, str]) -> AsyncGenerator[Cl
 async def test_lists_the_workflows_as_tools_with_their_schemas(served: Served) -> None:
     async with _session(served, served.key(role="viewer")) as session:
         tools = (await session.list_tools()).tools
-    assert [tool.name for tool in tools] == ["echo"]
+    assert [tool.name for tool in tools] == ["echo", "held"]
     assert tools[0].description == "Draft a text about a topic"
     assert tools[0].input_schema == {
         "type": "object",
@@ -179,7 +197,7 @@ async def test_bad_inputs_are_a_tool_error(served: Served) -> None:
 async def test_a_viewer_can_list_but_not_call(served: Served) -> None:
     before = _calls(served)
     async with _session(served, served.key(role="viewer")) as session:
-        assert [tool.name for tool in (await session.list_tools()).tools] == ["echo"]
+        assert [tool.name for tool in (await session.list_tools()).tools] == ["echo", "held"]
         result = await session.call_tool("echo", {"topic": "viewer run"})
     assert result.is_error
     assert "viewer role; running a workflow needs operator" in result.content[0].text  # type: ignore[union-attr]
@@ -225,3 +243,33 @@ async def _initialize(served: Served, headers: dict[str, str]) -> None:
 def _calls(served: Served) -> list[str]:
     log = served.home / "calls.log"
     return log.read_text().splitlines() if log.exists() else []
+
+
+async def test_a_call_waiting_on_its_run_answers_when_the_server_stops(tmp_path: Path) -> None:
+    """SIGTERM: the waiting call answers with the run id at once (the run is left to the
+    next worker) instead of holding the server's graceful shutdown open."""
+    proc = _Process()
+    answers: list[Any] = []
+    # A short grace: the held step never finishes, the server interrupts it after that.
+    grace = {"AGENTMILL_SHUTDOWN_GRACE": "0.5"}
+    with _serving(tmp_path, [("acme", "operator")], proc, **grace) as served:
+        async with _session(served, served.key()) as session, anyio.create_task_group() as tg:
+            # Listed first: the client checks a result against the tool's output schema,
+            # and would otherwise list the tools after the answer, from a stopped server.
+            await session.list_tools()
+
+            async def call() -> None:
+                answers.append(await session.call_tool("held", {}))
+
+            tg.start_soon(call)
+            with anyio.fail_after(60):
+                while "start hold shutdown" not in _calls(served):
+                    await anyio.sleep(0.02)
+            assert proc.popen is not None
+            proc.popen.send_signal(signal.SIGTERM)
+        result = answers[0]
+        assert proc.popen is not None
+        assert not result.is_error, result.content
+        assert result.structured_content["status"] == "running"
+        assert result.structured_content["run_id"]
+        assert proc.popen.wait(timeout=60) == 0

@@ -202,11 +202,13 @@ class WorkflowTools:
         finally:
             stop.cancel()
             if not follow.done():
-                follow.cancel()
-        return follow.result() if not follow.cancelled() else None
+                follow.cancel()  # the process stops: answer now, the run stays
+        return follow.result() if follow.done() and not follow.cancelled() else None
 
     async def _follow(self, run: RunRecord, report: Report) -> EventRecord | None:
         total = len(run.step_ids)
+        # The run id first: a client whose call is cut off can still find the run.
+        await report(0, total, f"run {run.id} started")
         finished: set[str] = set()
         async for event in self.engine.follow(run.id):
             if event.kind in APPROVAL_EVENTS:

@@ -13,7 +13,7 @@ behind a load balancer can answer any request, and nothing outlives a request bu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,8 @@ class McpEndpoint:
         self._manager: StreamableHTTPSessionManager | None = None
 
     def route(self) -> Route:
-        return Route(MCP_PATH, endpoint=self, methods=["GET", "POST", "DELETE"])
+        # POST only: a stateless server has no stream for GET to open (405, as MCP allows).
+        return Route(MCP_PATH, endpoint=self, methods=["POST"])
 
     @asynccontextmanager
     async def serving(self, services: Services) -> AsyncGenerator[None]:
@@ -63,6 +64,7 @@ class McpEndpoint:
         manager = StreamableHTTPSessionManager(app=server, stateless=True)
         ready, stop = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(self._run(manager, ready, stop), name="agentmill-mcp")
+        drain = _answers_before_streams_close()
         try:
             await _started(task, ready)
             yield
@@ -70,6 +72,7 @@ class McpEndpoint:
             self._manager = None
             stop.set()
             await task
+            drain()
 
     async def _run(
         self, manager: StreamableHTTPSessionManager, ready: asyncio.Event, stop: asyncio.Event
@@ -95,6 +98,23 @@ class McpEndpoint:
             return
         scope[_PRINCIPAL] = principal
         await self._manager.handle_request(scope, receive, send)
+
+
+def _answers_before_streams_close() -> Callable[[], None]:
+    """Keep `sse-starlette` (the `mcp` transport's SSE) from cutting response streams at
+    SIGTERM: a call waiting on its run answers with the run id when the server starts to
+    stop (`Services.shutting_down`), and that answer must still reach the client. Every
+    stream here ends with its answer (POST only), so none holds the shutdown open.
+    Returns what restores the previous setting."""
+    from sse_starlette.sse import AppStatus
+
+    before = AppStatus.enable_automatic_graceful_drain
+    AppStatus.disable_automatic_graceful_drain()
+
+    def restore() -> None:
+        AppStatus.enable_automatic_graceful_drain = before
+
+    return restore
 
 
 async def _started(task: asyncio.Task[None], ready: asyncio.Event) -> None:
