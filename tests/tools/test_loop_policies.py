@@ -278,6 +278,8 @@ async def test_the_prompt_size_guard_measures_the_whole_request(
     assert step.error is not None
     assert "prompt of step 'work#m2' is" in step.error
     assert "limit 4,000 (guard.max_prompt_chars)" in step.error
+    assert "the conversation so far with its tool results" in step.error
+    assert "`guard: {max_output_chars: N}`" in step.error
     assert model.calls == 1
 
 

@@ -85,9 +85,16 @@ class GuardedAgent(Agent):
         size = len(request.prompt)
         if size > limit:
             default = " (the built-in default)" if self.guard.max_prompt_chars is None else ""
+            fix = "shorten the inputs the prompt includes"
+            if request.turn is not None:
+                fix = (
+                    "the request holds the conversation so far with its tool results: bound"
+                    " them with `guard: {max_output_chars: N}`, lower the agent's max_turns,"
+                    " shorten the inputs"
+                )
             raise GuardBlocked(
                 f"prompt of step '{request.key}' is {size:,} characters, limit {limit:,}"
-                f"{default} (guard.max_prompt_chars); shorten the inputs the prompt includes,"
+                f"{default} (guard.max_prompt_chars); {fix},"
                 " or raise `guard: {max_prompt_chars: N}` on the workflow"
             )
 
