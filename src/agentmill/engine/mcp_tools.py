@@ -170,6 +170,7 @@ class WorkflowTools:
             return _error(f"no tool {name!r} (tools: {known})")
         if not caller.may_start:
             return _error(caller.refusal or "this caller may not start runs")
+        doing = f"the MCP tool {name!r}"
         try:
             run = await self.engine.submit(
                 self.project,
@@ -180,9 +181,13 @@ class WorkflowTools:
                 trigger=caller.trigger,
                 api_key_id=caller.api_key_id,
             )
-            return await self._outcome(run, report)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a tool error
-            return _error(str(shown_error(exc, log=logger, doing=f"the MCP tool {name!r}")))
+            return _error(str(shown_error(exc, log=logger, doing=doing)))
+        try:
+            return await self._outcome(run, report)
+        except Exception as exc:  # noqa: BLE001 - the run goes on; the caller learns its id
+            shown = shown_error(exc, log=logger, doing=doing)
+            return _error(f"run {run.id}: could not follow it to its end: {shown}")
 
     async def _outcome(self, run: RunRecord, report: Report) -> types.CallToolResult:
         waiting = await self._wait(run, report)
