@@ -67,7 +67,9 @@ def test_run_json_result_has_the_documented_shape(cli: Cli) -> None:
         "output",
         "cost_usd",
         "details",
+        "calls",
     }
+    assert first["calls"] == []  # an agent without tools makes no recorded calls
     assert first["usage"]["requests"] == 1
     assert first["cost_usd"] > 0
     assert data["cost"]["calls"] == 2

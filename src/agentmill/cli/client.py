@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from agentmill.spec.models import BudgetSpec, ProjectSpec
     from agentmill.store import CostSummary, EventRecord, RunRecord, RunStatus, StepRecord
     from agentmill.store.approvals import ApprovalRecord, ApprovalStatus
+    from agentmill.store.call_summary import CallSummary
     from agentmill.store.costs import CostGroup
 
 __all__ = [
@@ -68,6 +69,10 @@ class RunsClient(Protocol):
         ...
 
     async def steps(self, run_id: str) -> list[StepRecord]: ...
+
+    async def calls(self, run_id: str) -> list[CallSummary]:
+        """The model requests and tool calls of the run's agents with tools, in order."""
+        ...
 
     async def list_runs(
         self, *, status: RunStatus | None, workflow: str | None, limit: int
@@ -210,6 +215,11 @@ class LocalClient:
 
     async def steps(self, run_id: str) -> list[StepRecord]:
         return await self.engine.store.steps(run_id)
+
+    async def calls(self, run_id: str) -> list[CallSummary]:
+        from agentmill.store.call_summary import summarize_call
+
+        return [summarize_call(record) for record in await self.engine.store.calls(run_id)]
 
     async def list_runs(
         self, *, status: RunStatus | None, workflow: str | None, limit: int

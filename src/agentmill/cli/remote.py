@@ -40,6 +40,7 @@ from agentmill.store import (
     StepStatus,
 )
 from agentmill.store.approvals import ApprovalRecord, ApprovalStatus
+from agentmill.store.call_summary import CallSummary
 from agentmill.store.costs import CostGroup
 
 if TYPE_CHECKING:
@@ -303,6 +304,10 @@ class RemoteClient:
     async def steps(self, run_id: str) -> list[StepRecord]:
         detail = await self._detail(run_id)
         return [step_from_json(run_id, step) for step in detail.get("steps") or []]
+
+    async def calls(self, run_id: str) -> list[CallSummary]:
+        body = await self._call("GET", _runs(run_id, "calls"))
+        return [CallSummary.from_json(item) for item in body["items"]]
 
     async def list_runs(
         self, *, status: RunStatus | None, workflow: str | None, limit: int

@@ -11,6 +11,7 @@ from rich.rule import Rule
 from rich.text import Text
 
 from agentmill.store import CostSummary, RunRecord, RunStatus, StepRecord, run_cost
+from agentmill.store.call_summary import CallSummary
 
 __all__ = [
     "closing_line",
@@ -22,8 +23,14 @@ __all__ = [
 ]
 
 
-def run_to_json(run: RunRecord, steps: list[StepRecord]) -> dict[str, Any]:
-    """The `--json` result: stable keys, documented in docs/cli.md."""
+def run_to_json(
+    run: RunRecord, steps: list[StepRecord], calls: list[CallSummary]
+) -> dict[str, Any]:
+    """The `--json` result: stable keys, documented in docs/cli.md. Each step lists the
+    model requests and tool calls it made (`calls`, empty for steps without tools)."""
+    by_step: dict[str, list[dict[str, Any]]] = {}
+    for call in calls:
+        by_step.setdefault(call.step, []).append(call.to_json())
     return {
         "run_id": run.id,
         "workflow": run.workflow,
@@ -36,7 +43,7 @@ def run_to_json(run: RunRecord, steps: list[StepRecord]) -> dict[str, Any]:
         "started_at": run.started_at,
         "finished_at": run.finished_at,
         "cost": run_cost(run, steps).to_json(),
-        "steps": [step_to_json(step) for step in steps],
+        "steps": [step_to_json(step) | {"calls": by_step.get(step.key, [])} for step in steps],
     }
 
 

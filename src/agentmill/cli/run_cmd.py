@@ -180,7 +180,8 @@ async def follow_run(
     final = await client.get_run(run.id)
     steps = await client.steps(run.id)
     if as_json:
-        out().print_json(json.dumps(run_to_json(final, steps)))
+        calls = await client.calls(run.id)
+        out().print_json(json.dumps(run_to_json(final, steps, calls)))
     else:
         cost = run_cost(final, steps)
         print_outputs(out(), err(), final, cost, process_gone=client.process_gone(final))

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
     from agentmill.cli.client import RunsClient
     from agentmill.store import RunRecord, RunStatus, StepRecord
+    from agentmill.store.call_summary import CallSummary
 
 __all__ = ["app"]
 
@@ -36,7 +37,8 @@ def list_runs(
 
 @app.command()
 def show(run_id: RunId, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Show a run: status, steps with usage, outputs."""
+    """Show a run: status, steps with usage (each step's model requests and tool calls
+    under it), outputs."""
     run_command(lambda: _show(run_id, as_json))
 
 
@@ -95,10 +97,12 @@ async def _show(run_id: str, as_json: bool) -> int:
     async with _client() as client:
         run = await client.get_run(run_id)
         steps = await client.steps(run_id)
+        found = await client.calls(run_id)
         gone = client.process_gone(run)
     if as_json:
-        out().print_json(json.dumps(run_to_json(run, steps)))
+        out().print_json(json.dumps(run_to_json(run, steps, found)))
         return EXIT_OK
+    calls = _by_step(found)
     label = escape(status_label(run, process_gone=gone))
     out().print(f"run [bold]{run.id}[/]  workflow {escape(run.workflow)}  status {label}")
     table = Table(
@@ -118,6 +122,8 @@ async def _show(run_id: str, as_json: bool) -> int:
             _cost_column(step),
             elapsed,
         )
+        for call in calls.get(step.key, []):
+            table.add_row(*_call_row(call))
     out().print(table)
     print_outputs(out(), err(), run, run_cost(run, steps), process_gone=gone)
     return EXIT_OK
@@ -183,6 +189,64 @@ def _model_column(step: StepRecord) -> str:
         notes.append(f"fallback after {len(fallback)}")
     text = step.model or ""
     return f"{text} ({', '.join(notes)})" if notes else text
+
+
+def _by_step(calls: list[CallSummary]) -> dict[str, list[CallSummary]]:
+    by_step: dict[str, list[CallSummary]] = {}
+    for call in calls:
+        by_step.setdefault(call.step, []).append(call)
+    return by_step
+
+
+def _call_row(call: CallSummary) -> tuple[str, ...]:
+    """A step's model request or tool call, as a row under the step's own (indented)."""
+    from rich.markup import escape
+
+    from agentmill.cli.report import token_count
+
+    usage = call.usage or {}
+    tokens = ""
+    if call.usage is not None:
+        tokens = f"{token_count(usage, 'input_tokens')}/{token_count(usage, 'output_tokens')}"
+    cost = ""
+    if call.cost_usd is not None:
+        cost = f"{'~' if usage.get('estimated') else ''}${call.cost_usd:.4f}"
+    elif call.kind == "model" and call.status == "succeeded":
+        cost = "unknown"
+    duration = f"{call.duration:.2f}s" if call.duration is not None else ""
+    return (
+        f"  {escape(call.call_id)}",
+        call.status,
+        "",
+        escape(_call_column(call)),
+        tokens,
+        cost,
+        duration,
+    )
+
+
+def _call_column(call: CallSummary) -> str:
+    """`model` for a request; `→ name(args…) 48 chars` or `→ name(args…) ✘ error` for a
+    tool call; text from tools and models cleaned of control characters and cut."""
+    from agentmill.logs import strip_controls
+
+    def clean(text: str, limit: int) -> str:
+        text = strip_controls(text, keep_newlines=False)
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    if call.kind != "tool":
+        return clean(call.name, _CALL_TEXT)
+    text = f"→ {clean(call.name, _CALL_TEXT)}({clean(call.args or '', _CALL_ARGS)})"
+    if call.error is not None:
+        first_line = next(iter(call.error.strip().splitlines()), "")
+        return f"{text} ✘ {clean(first_line, _CALL_TEXT)}"
+    if call.size is not None:
+        return f"{text} {call.size:,} chars"
+    return text
+
+
+_CALL_TEXT = 80
+_CALL_ARGS = 60
 
 
 def _cost_column(step: StepRecord) -> str:
