@@ -14,7 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agentmill.errors import ConfigProblem
 from agentmill.spec.models import BudgetSpec, InputSpec, InputType, WorkflowSpec
-from agentmill.store import CostSummary, RunRecord, RunStatus, StepRecord, StepStatus, run_cost
+from agentmill.store import (
+    CallStatus,
+    CostSummary,
+    RunRecord,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    run_cost,
+)
 from agentmill.store.call_summary import CallSummary
 
 __all__ = [
@@ -161,7 +169,7 @@ class CallOut(_Out):
     )
     kind: Literal["model", "tool"]
     name: str = Field(description="The model that answered, or the tool's name")
-    status: Literal["running", "waiting", "succeeded", "failed"] = Field(
+    status: CallStatus = Field(
         description="`waiting`: a tool call waiting for approval; `failed`: the model was "
         "shown an error instead of a result"
     )
