@@ -111,11 +111,12 @@ class LoopState:
     def step(self) -> str:
         return self.request.step_key
 
-    def finish(self, reason: str) -> None:
-        """Tell the model to answer without tools from its next request on."""
+    def finish(self, reason: str, *, last_with_tools: int | None = None) -> None:
+        """Tell the model to answer without tools from its next request on (or after
+        request `last_with_tools`, the last one that offered them)."""
         if self.finish_reason is None:
             self.finish_reason = reason
-            self.finish_turn = self.turn
+            self.finish_turn = self.turn if last_with_tools is None else last_with_tools
 
     def account(self, usage: dict[str, Any] | None, cost: float | None) -> None:
         self.usage = self.usage + Usage.from_json(usage or {})
@@ -224,6 +225,11 @@ class ToolLoop(Agent):
     ) -> ModelResponse:
         """The next model request of the step: recorded, or made through the policy chain."""
         state.turn += 1
+        if state.turn >= self.limits.max_turns:
+            # Decided here, not only for a new request: a replayed attempt hides the tools
+            # from the same request on as the first one did.
+            last = self.limits.max_turns - 1
+            state.finish(f"max_turns ({self.limits.max_turns}) reached", last_with_tools=last)
         call_id = f"m{state.turn}"
         record = state.recorded.get(call_id)
         if record is not None and record.status is CallStatus.SUCCEEDED:
@@ -245,9 +251,8 @@ class ToolLoop(Agent):
         parameters: ModelRequestParameters,
     ) -> ModelResponse:
         self._check_turns(state)
-        if state.finish_reason is not None or state.turn >= self.limits.max_turns:
-            state.finish(state.finish_reason or f"max_turns ({self.limits.max_turns}) reached")
-            messages, parameters = _finishing(messages, parameters, state.finish_reason or "")
+        if state.finish_reason is not None:
+            messages, parameters = _finishing(messages, parameters, state.finish_reason)
         turn = ModelTurn(
             number=state.turn, messages=messages, parameters=parameters, settings=settings
         )

@@ -102,7 +102,9 @@ def recorded_toolset(
 
     class Recorded(WrapperToolset[Any]):
         async def get_tools(self, ctx: RunContext[Any]) -> dict[str, ToolsetTool[Any]]:
-            if state.finish_reason is not None:
+            # Asked before each model request: the last one (max_turns) offers no tools, so
+            # a call the model makes there anyway is refused, not run.
+            if state.finish_reason is not None or state.turn + 1 >= limits.max_turns:
                 return {}
             return await self.wrapped.get_tools(ctx)
 
