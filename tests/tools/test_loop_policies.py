@@ -99,6 +99,12 @@ async def test_a_run_budget_exceeded_at_the_third_request_stops_the_step(
     entry = await budgets.entry(f"run:{done.run.id}")
     assert entry is not None
     assert (entry.spent_tokens, entry.reserved_tokens) == (2400, 0)
+    # The failed step records what its finished requests spent, and the run's cost counts it.
+    assert step.usage is not None
+    assert (step.usage["requests"], step.usage["input_tokens"]) == (2, 2200)
+    assert step.model == MODEL
+    cost = run_cost(done.run, await engine.store.steps(done.run.id))
+    assert cost.calls == 1
 
 
 async def test_a_loop_steps_usage_and_cost_are_the_sum_of_its_requests_counted_once(

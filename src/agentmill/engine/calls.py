@@ -29,7 +29,11 @@ from agentmill.logs import current_step
 from agentmill.policy.retry import AttemptNote, noting, retry_delay, retryable
 from agentmill.store import StepRecord, StepStatus, Store
 
-__all__ = ["SAVED", "CallSpec", "run_call"]
+__all__ = ["SAVED", "SPENT", "CallSpec", "run_call"]
+
+SPENT = "spent"
+"""What an agent notes about an attempt that failed after paying for model requests (an
+agent loop): `{"model", "usage", "cost_usd"}`, recorded on the failed step and counted."""
 
 SAVED = "saved"
 """The key of a call's `details` holding what its agent saved for a later attempt."""
@@ -307,6 +311,8 @@ async def _fail(
     were made in this execution (an earlier one's interrupted attempt is no failure)."""
     request = call.request
     message = str(StepFailed(request.key, _describe(error), attempts=attempts))
+    kept = dict(kept)
+    spent: dict[str, Any] = kept.pop(SPENT, None) or {}
     details = {**note.details, **kept} or None
     record = _record(
         request,
@@ -315,6 +321,10 @@ async def _fail(
         finished_at=time.time(),
         error=message,
         details=details,
+        # What the failed call's finished model requests cost (an agent loop): counted.
+        model=spent.get("model"),
+        usage=spent.get("usage"),
+        cost_usd=spent.get("cost_usd"),
     )
     store.journal.put_step(record)
     emitter.emit(

@@ -81,8 +81,13 @@ def run_cost(run: RunRecord, records: Iterable[StepRecord]) -> CostSummary:
     return CostSummary(usd=usd, calls=calls, unpriced_calls=unpriced, estimated_calls=estimated)
 
 
+_CHARGED = (StepStatus.SUCCEEDED, StepStatus.FAILED)
+"""A failed step is charged for the model requests it finished (an agent loop records them;
+other failed calls record no model)."""
+
+
 def _charged_to(run: RunRecord, step: StepRecord) -> bool:
-    if step.status is not StepStatus.SUCCEEDED or step.model is None:
+    if step.status not in _CHARGED or step.model is None:
         return False
     return step.finished_at is None or step.finished_at >= run.created_at
 
@@ -93,7 +98,7 @@ def _charged_calls() -> sa.Select[Any]:
         sa.select()
         .select_from(steps.join(runs, runs.c.id == steps.c.run_id))
         .where(
-            steps.c.status == str(StepStatus.SUCCEEDED),
+            steps.c.status.in_([str(status) for status in _CHARGED]),
             steps.c.model.is_not(None),
             steps.c.finished_at >= runs.c.created_at,
         )

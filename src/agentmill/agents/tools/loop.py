@@ -205,9 +205,13 @@ class ToolLoop(Agent):
         try:
             result = await agent.run(request.prompt, usage_limits=limits)
         except UnexpectedModelBehavior as exc:
+            _note_spent(state, self.label)
             # pydantic-ai's advice (raise the retry limit) names a setting of its own.
             reason = exc.message.split(". Consider")[0]
             raise LoopStopped(f"step '{state.step}' stopped: {reason}") from None
+        except Exception:
+            _note_spent(state, self.label)
+            raise
         return StepResult(
             output=result.output,
             model=self.label,
@@ -389,6 +393,14 @@ def _finishing(
     else:
         sent = [*messages, ModelRequest(parts=[note])]
     return sent, replace(parameters, function_tools=[])
+
+
+def _note_spent(state: LoopState, label: str) -> None:
+    """A failing attempt still paid for the requests it finished: noted, so the failed
+    step records (and costs count) them."""
+    if state.usage.requests:
+        spent = {"model": label, "usage": state.usage.to_json(), "cost_usd": state.cost_usd}
+        state.context.note(spent=spent)
 
 
 def _details(state: LoopState) -> dict[str, Any]:
