@@ -197,6 +197,14 @@ async def test_a_transient_error_at_the_third_request_retries_it_replaying_the_r
     retrying = done.kinds("step_retrying")
     assert len(retrying) == 1
     assert "503" in retrying[0].data["error"]
+    # The retry shows the calls it replayed again (marked), so a client that dropped the
+    # first attempt's events still sees them.
+    second = [e for e in done.kinds("step_tool_result") if e.attempt == 2]
+    assert [(e.data["call"], e.data.get("replayed")) for e in second] == [
+        ("t1.1", True),
+        ("t2.1", True),
+        ("t3.1", None),
+    ]
 
 
 async def test_with_a_fallback_the_next_model_answers_the_failed_request(

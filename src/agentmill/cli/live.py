@@ -187,7 +187,11 @@ class ProgressView:
         if event.attempt != view.attempt:
             return
         name = escape(_untrusted(event.data.get("name")))
-        took = f"{float(event.data.get('duration') or 0.0):.2f}s"
+        took = (
+            "(recorded)"
+            if event.data.get("replayed")
+            else f"{float(event.data.get('duration') or 0.0):.2f}s"
+        )
         if error := event.data.get("error"):
             what = escape(_first_line(strip_controls(str(error))))
             self._line(f"[yellow]  ✘ {escape(view.key)}[/] {name} {took}: {what}")

@@ -112,7 +112,7 @@ class Metrics:
                 self.cost.labels(model).inc(float(cost))
         elif event.kind in {"step_retrying", "step_failed"} and event.attempt:
             self.step_failures.labels(str(data.get("error_kind") or "error")).inc()
-        elif event.kind == "step_tool_result":
+        elif event.kind == "step_tool_result" and not data.get("replayed"):
             self._observe_tool(data)
 
     def _observe_tool(self, data: dict[str, Any]) -> None:

@@ -160,7 +160,7 @@ class _Calls:
         state.tool_calls += 1
         record = state.recorded.get(call_id)
         if record is not None and record.status in {CallStatus.SUCCEEDED, CallStatus.FAILED}:
-            return self._replay(record, name, arguments)
+            return await self._replay(call_id, record, name, arguments)
         stopped = self._guard(name, arguments)
         if stopped is not None:
             state.finish(stopped)
@@ -173,10 +173,22 @@ class _Calls:
             arguments = decision.arguments if decision.arguments is not None else arguments
         return await self._execute(call_id, name, arguments, run)
 
-    def _replay(self, record: CallRecord, name: str, arguments: dict[str, Any]) -> Any:
-        """What a finished call gave the model the first time (it does not run again)."""
+    async def _replay(
+        self, call_id: str, record: CallRecord, name: str, arguments: dict[str, Any]
+    ) -> Any:
+        """What a finished call gave the model the first time (it does not run again). Its
+        events are shown again, marked `replayed`: clients drop the superseded attempt's."""
         from pydantic_ai.exceptions import ModelRetry
 
+        context = self._state.context
+        await context.emit_event(
+            "tool_call", call=call_id, name=name, args=_preview(arguments), replayed=True
+        )
+        size = len(json.dumps(record.result)) if record.status is CallStatus.SUCCEEDED else 0
+        error = {"error": _redacted(record.error)} if record.error else {}
+        await context.emit_event(
+            "tool_result", call=call_id, name=name, size=size, replayed=True, **error
+        )
         details = record.details or {}
         if details.get("stopped"):
             self._state.finish(str(details["stopped"]))
