@@ -13,7 +13,9 @@ bare `Agent.run`'s is what durability costs per call (one model request + one to
   as a `@DBOS.step`, run inside our own `@DBOS.workflow`;
 - agentmill: a one-step workflow whose agent has the tool, through the real engine.
 
-Each on SQLite (a temp file, WAL) and PostgreSQL (a fresh database). Medians of ROUNDS runs.
+Each on SQLite (a temp file, WAL) and PostgreSQL (a fresh database). The variants take
+turns with the bare run (ROUNDS rounds after a warm-up); the overhead is the median of the
+rounds' differences, in wall time and in CPU time of the process (steadier on a busy machine).
 Run: python -m benchmarks.tool_calls   (AGENTMILL_BENCH_CALLS=200, AGENTMILL_BENCH_ROUNDS=5)
 """
 
