@@ -4,8 +4,15 @@ stdio MCP server."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo
@@ -79,3 +86,130 @@ async def test_the_last_turn_runs_no_tool_call_on_either_attempt(
     assert [c.call_id for c in done.calls if c.kind == "tool"] == ["t1.1"]
     assert done.steps["work"].details is not None
     assert done.steps["work"].details["stopped"] == "max_turns (2) reached"
+
+
+SLOW_SERVER = """
+import os
+import pathlib
+import time
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("slow")
+
+
+@server.tool()
+def wait_long(seconds: int) -> str:
+    \"\"\"Wait, then answer.\"\"\"
+    pathlib.Path(os.environ["PIDFILE"]).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "waited"
+
+
+server.run()
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is still a process of ours (a zombie counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_a_step_timing_out_during_an_mcp_call_ends_the_server(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "slow_server.py").write_text(SLOW_SERVER)
+    pidfile = tmp_path / "server.pid"
+    monkeypatch.setenv("PIDFILE", str(pidfile))
+    top = f"mcp:\n  slow:\n    command: [{sys.executable}, slow_server.py]\n    env: [PIDFILE]"
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return ModelResponse(parts=[ToolCallPart("wait_long", {"seconds": 120})])
+        return ModelResponse(parts=[TextPart("done")])
+
+    config = project(top=top, tools="      - mcp: slow", step=", timeout: 2s")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.FAILED
+    assert pidfile.exists(), done.run.error
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the MCP server (pid {pid}) outlived the step's timeout")
+
+
+BLOCKING_TOOL = '''
+import pathlib
+import time
+
+HERE = pathlib.Path(__file__).parent
+
+
+def block() -> str:
+    """Wait for the test to let go."""
+    (HERE / "started").touch()
+    for _ in range(600):
+        if (HERE / "release").exists():
+            break
+        time.sleep(0.05)
+    (HERE / "returned").touch()
+    return "released"
+'''
+
+
+async def test_a_step_timeout_ends_a_step_whose_sync_tool_blocks(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """A sync function runs in a worker thread; without a tool `timeout` pydantic-ai shields
+    that await, so the step's timeout (or a cancel) waited for the thread to return."""
+    (tmp_path / "blocking_tool.py").write_text(BLOCKING_TOOL)
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return ModelResponse(parts=[ToolCallPart("block", {})])
+        return ModelResponse(parts=[TextPart("done")])
+
+    config = project(tools="      - function: blocking_tool:block", step=", timeout: 1s")
+    try:
+        done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
+
+        assert (tmp_path / "started").exists()
+        assert not (tmp_path / "returned").exists(), "the step waited for the tool's thread"
+        assert done.run.status is RunStatus.FAILED
+    finally:
+        (tmp_path / "release").touch()
+
+
+async def test_a_servers_last_output_reaches_the_steps_error_without_escapes(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """A stdio server's stderr is untrusted: its terminal escapes (a title change, clearing
+    the screen) must not reach the step's error, which the CLI prints."""
+    crash = (
+        "import sys; sys.stderr.write('bad flag\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m done\\n');"
+        " sys.exit(3)"
+    )
+    top = f"mcp:\n  broken:\n    command: [{sys.executable}, -c, {json.dumps(crash)}]"
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[TextPart("done")])
+
+    config = project(top=top, tools="      - mcp: broken")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.FAILED
+    assert done.run.error is not None
+    assert "MCP server 'broken'" in done.run.error
+    assert "bad flag" in done.run.error
+    assert "done" in done.run.error
+    assert not any((ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in done.run.error)

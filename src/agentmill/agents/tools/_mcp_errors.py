@@ -25,6 +25,7 @@ from agentmill.errors import (
     MissingDependencyError,
     RunFailure,
 )
+from agentmill.logs import strip_controls
 
 __all__ = [
     "McpServerError",
@@ -171,6 +172,9 @@ def _reason(causes: list[BaseException]) -> str:
 
 
 def _last_output(stderr: str) -> str:
+    """The server's last stderr lines, cleaned: they are untrusted and end up on a terminal
+    (the step's error), where an escape sequence could rewrite what the user sees."""
+    stderr = strip_controls(stderr)
     if not stderr.strip():
         return ""
     lines = "\n".join(f"    {line}" for line in stderr.splitlines())
