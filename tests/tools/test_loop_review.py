@@ -19,7 +19,7 @@ from pydantic_ai.models.function import AgentInfo
 
 from agentmill.engine.engine import Engine
 from agentmill.store import RunStatus
-from tests.tools.loop_project import Scripted, executed, run_project, turns
+from tests.tools.loop_project import Scripted, executed, run_project, tool_returns, turns
 
 MODEL = "openai:gpt-4o"
 
@@ -213,3 +213,77 @@ async def test_a_servers_last_output_reaches_the_steps_error_without_escapes(
     assert "bad flag" in done.run.error
     assert "done" in done.run.error
     assert not any((ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in done.run.error)
+
+
+async def test_bad_tool_calls_go_back_to_the_model_and_replay_in_line(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """An unknown tool, arguments that are not JSON, arguments of the wrong type, an empty
+    tool call id and an id used again at the next turn: retry prompts for the model, never a
+    crash; the resumed attempt (request 3 fails once) runs nothing again."""
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        n = turns(messages) + 1
+        if n == 1:
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("no_such_tool", {}, tool_call_id="x1"),
+                    ToolCallPart("add", '{"a": 1,', tool_call_id="x2"),
+                    ToolCallPart("add", {"a": 1, "b": 2}, tool_call_id=""),
+                ]
+            )
+        if n == 2:
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("add", {"a": "one", "b": 1}, tool_call_id="x1"),
+                    ToolCallPart("add", {"a": 2, "b": 2}, tool_call_id="x2"),
+                ]
+            )
+        return ModelResponse(parts=[TextPart(f"seen {len(tool_returns(messages))}")])
+
+    model = failing_once_at(3, Scripted(script))
+    config = project(agent="    retries: 1", step=", backoff: 0.01")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: model})
+
+    assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+    assert done.steps["work"].attempt == 2
+    assert [e["a"] for e in executed(tmp_path)] == [1, 2]
+    tools = {c.call_id: c.arguments for c in done.calls if c.kind == "tool"}
+    assert tools == {"t1.3": {"a": 1, "b": 2}, "t2.2": {"a": 2, "b": 2}}
+    assert done.run.outputs == {"work": "seen 5"}
+
+
+EXITING_TOOL = '''
+import argparse
+
+
+def parse(flags: str) -> str:
+    """Parse command-line flags (argparse exits on a bad one)."""
+    parser = argparse.ArgumentParser(prog="parse", exit_on_error=False)
+    parser.add_argument("--level", type=int)
+    return str(parser.parse_args(flags.split()))
+'''
+
+
+async def test_a_tool_that_exits_is_a_tool_error_the_model_sees(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """argparse calls sys.exit on flags it does not know: SystemExit is no Exception, so it
+    went past the tool's error handling and ended the step (or the worker)."""
+    (tmp_path / "exiting_tool.py").write_text(EXITING_TOOL)
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return ModelResponse(parts=[ToolCallPart("parse", {"flags": "--bogus"})])
+        return ModelResponse(parts=[TextPart("handled")])
+
+    config = project(tools="      - function: exiting_tool:parse")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+    assert done.run.outputs == {"work": "handled"}
+    (failed,) = [c for c in done.calls if c.kind == "tool"]
+    assert failed.error is not None
+    assert "SystemExit" in failed.error

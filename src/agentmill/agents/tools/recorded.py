@@ -344,6 +344,10 @@ class _Calls:
         except Exception as exc:  # noqa: BLE001 - a tool's failure is the model's to handle
             logger.info("tool %s (call %s) failed: %s", name, call_id, _redacted(str(exc)))
             return None, f"{type(exc).__name__}: {exc}"
+        except SystemExit as exc:
+            # A tool calling sys.exit (argparse on a bad flag) must not end the worker.
+            logger.info("tool %s (call %s) exited with %r", name, call_id, exc.code)
+            return None, f"SystemExit: the tool exited with {exc.code!r}"
         if isinstance(value, ToolOutcome):
             return replace(value, value=_jsonable(value.value, self._limits.max_result_chars)), None
         return _jsonable(value, self._limits.max_result_chars), None
