@@ -5,7 +5,7 @@ pydantic-ai's durable-execution integrations do (`pydantic_ai._durable_replay`):
 starts again from the prompt on every attempt of the step, and each unit that already
 finished returns its recorded result instead of running.
 
-- `_TurnModel` replaces the model: the n-th request of the step is `m<n>`. A recorded one
+- `_turn_model` replaces the model: the n-th request of the step is `m<n>`. A recorded one
   returns its recorded response; a new one goes through the agent's policy chain (guard,
   cache, fallback, breaker, budget, rate limit) as one call, and is committed before the
   loop goes on, so no finished request is paid for twice.
@@ -195,7 +195,7 @@ class ToolLoop(Agent):
             workspace=workspace,
         )
         agent = PydanticAgent(
-            _TurnModel(self._model, state=state, loop=self),
+            _turn_model(self._model, state=state, loop=self),
             output_type=_output_type(self._output_schema),
             instructions=self._instructions or None,
             toolsets=[toolset],
@@ -308,24 +308,21 @@ class ToolLoop(Agent):
             )
 
 
-class _TurnModel:
-    """Stands in for the model inside pydantic-ai's agent: every request goes to the loop."""
+def _turn_model(wrapped: Model, *, state: LoopState, loop: ToolLoop) -> Model:
+    """The model pydantic-ai's agent sees: every request goes to the loop (`model_turn`),
+    which replays it from the records or makes it through the policy chain."""
+    from pydantic_ai.models.wrapper import WrapperModel
 
-    def __new__(cls, wrapped: Model, *, state: LoopState, loop: ToolLoop) -> Any:
-        from pydantic_ai.models.wrapper import WrapperModel
+    class TurnModel(WrapperModel):
+        async def request(
+            self,
+            messages: list[ModelMessage],
+            model_settings: ModelSettings | None,
+            model_request_parameters: ModelRequestParameters,
+        ) -> ModelResponse:
+            return await loop.model_turn(state, messages, model_settings, model_request_parameters)
 
-        class TurnModel(WrapperModel):
-            async def request(
-                self,
-                messages: list[ModelMessage],
-                model_settings: ModelSettings | None,
-                model_request_parameters: ModelRequestParameters,
-            ) -> ModelResponse:
-                return await loop.model_turn(
-                    state, messages, model_settings, model_request_parameters
-                )
-
-        return TurnModel(wrapped)
+    return TurnModel(wrapped)
 
 
 def _failed(record: CallRecord, error: Exception) -> CallRecord:
