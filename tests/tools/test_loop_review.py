@@ -287,3 +287,26 @@ async def test_a_tool_that_exits_is_a_tool_error_the_model_sees(
     (failed,) = [c for c in done.calls if c.kind == "tool"]
     assert failed.error is not None
     assert "SystemExit" in failed.error
+
+
+async def test_identical_parallel_calls_are_counted_as_they_start(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """Three identical calls in one response: the third is the repeat the guard stops, as
+    when they come one per response. Counted when they finished, all three ran (they run
+    at once) while a resumed attempt, replaying the first two, refused the third: a call
+    that ran before the crash was refused after it."""
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            same = [ToolCallPart("add", {"a": 1, "b": 1}, tool_call_id=f"c{i}") for i in (1, 2, 3)]
+            return ModelResponse(parts=same)
+        return ModelResponse(parts=[TextPart("done")])
+
+    done = await run_project(sqlite_engine, tmp_path, project(), {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+    assert len(executed(tmp_path)) == 2
+    third = next(c for c in done.calls if c.call_id == "t1.3")
+    assert third.error is not None
+    assert "the same call (add with the same arguments)" in third.error

@@ -162,6 +162,7 @@ class _Calls:
         if record is not None and record.status in {CallStatus.SUCCEEDED, CallStatus.FAILED}:
             return await self._replay(call_id, record, name, arguments)
         stopped = self._guard(name, arguments)
+        self._started(name, arguments)
         if stopped is not None:
             state.finish(stopped)
             message = f"Not run: {stopped}. Stop calling tools and answer with what you have."
@@ -192,7 +193,8 @@ class _Calls:
         details = record.details or {}
         if details.get("stopped"):
             self._state.finish(str(details["stopped"]))
-        self._count(name, arguments, failed=record.status is CallStatus.FAILED)
+        self._started(name, arguments)
+        self._ended(failed=record.status is CallStatus.FAILED)
         if record.status is CallStatus.SUCCEEDED:
             if record.usage is not None:
                 self._state.account(record.usage, record.cost_usd)
@@ -217,9 +219,13 @@ class _Calls:
             return None
         return reason
 
-    def _count(self, name: str, arguments: dict[str, Any], *, failed: bool) -> None:
+    def _started(self, name: str, arguments: dict[str, Any]) -> None:
+        """Count a call as it starts: calls of one response run at once, and a replay
+        counts them in their order, so the repeat guard decides alike on every attempt."""
         signature = _signature(name, arguments)
         self._seen[signature] = self._seen.get(signature, 0) + 1
+
+    def _ended(self, *, failed: bool) -> None:
         self._failures_in_a_row = self._failures_in_a_row + 1 if failed else 0
 
     async def _approval(
@@ -265,7 +271,7 @@ class _Calls:
         await self._state.context.emit_event(
             "tool_result", call=call_id, name=name, duration=0.0, size=0, error=message
         )
-        self._count(name, arguments, failed=False)
+        self._ended(failed=False)
         return message
 
     async def _execute(
@@ -308,7 +314,7 @@ class _Calls:
             size=size,
             **({"error": _redacted(error)} if error is not None else {}),
         )
-        self._count(name, arguments, failed=error is not None)
+        self._ended(failed=error is not None)
         if error is not None:
             raise ModelRetry(error)
         return result
