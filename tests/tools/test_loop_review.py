@@ -18,6 +18,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo
 
 from agentmill.engine.engine import Engine
+from agentmill.engine.tool_approvals import tool_prompt
 from agentmill.store import RunStatus
 from tests.tools.loop_project import Scripted, executed, run_project, tool_returns, turns
 
@@ -310,3 +311,12 @@ async def test_identical_parallel_calls_are_counted_as_they_start(
     third = next(c for c in done.calls if c.call_id == "t1.3")
     assert third.error is not None
     assert "the same call (add with the same arguments)" in third.error
+
+
+def test_a_tool_gates_prompt_carries_no_terminal_controls() -> None:
+    """`approvals list` prints the prompt: a tool name from an MCP server and the model's
+    arguments must not bring escapes (JSON escapes C0 controls, not C1 or bidi overrides)."""
+    prompt = tool_prompt("evil\x1b]0;pwned\x07", {"path": "a\x9b2J\u202eb", "n": "\x1b[31m"})
+
+    assert prompt.startswith("Call evil")
+    assert not any(0x80 <= ord(c) < 0xA0 or c in "\x1b\x07\u202e" for c in prompt)

@@ -31,7 +31,7 @@ from agentmill.agents.clock import current_clock
 from agentmill.agents.tools.recorded import ToolDecision
 from agentmill.engine.approvals import TOOL_GATE_MARK, wait_for_decision
 from agentmill.engine.events import current_step_events
-from agentmill.logs import Redactor
+from agentmill.logs import Redactor, strip_controls
 from agentmill.spec.models import DEFAULT_APPROVAL_TIMEOUT
 from agentmill.store.approvals import ApprovalRecord, ApprovalStatus, ApprovalStore
 
@@ -55,11 +55,14 @@ def tool_gate_id(step: str, call_id: str) -> str:
 
 
 def tool_prompt(tool: str, arguments: dict[str, Any]) -> str:
-    """What lists of approvals show for a tool gate: `Call <tool> with <args preview>`."""
+    """What lists of approvals show for a tool gate: `Call <tool> with <args preview>`.
+    The tool's name (from an MCP server) and the model's arguments are untrusted and shown
+    on terminals: cleaned of escapes and control characters JSON leaves (C1, bidi)."""
     text = json.dumps(arguments, ensure_ascii=False, default=str)
     if len(text) > PROMPT_ARGS_CHARS:
         text = text[:PROMPT_ARGS_CHARS] + "…"
-    return f"Call {tool} with {_REDACTOR.redact(text)}"
+    prompt = f"Call {tool} with {_REDACTOR.redact(text)}"
+    return strip_controls(prompt, keep_newlines=False)
 
 
 def tool_approvals_factory(
