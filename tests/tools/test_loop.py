@@ -332,3 +332,27 @@ async def test_a_structured_output_after_tool_calls(sqlite_engine: Engine, tmp_p
 
     assert run.status is RunStatus.SUCCEEDED, run.error
     assert run.outputs == {"grade": {"total": 5}}
+
+
+def test_the_canonical_text_of_a_growing_history_is_the_same_with_a_memo() -> None:
+    from pydantic_ai.messages import UserPromptPart
+    from pydantic_ai.models import ModelRequestParameters
+
+    from agentmill.agents.base import ModelTurn
+    from agentmill.agents.llm import CanonicalMemo, canonical_text
+
+    history: list[ModelMessage] = [ModelRequest(parts=[UserPromptPart("go")])]
+    memo = CanonicalMemo()
+    parameters = ModelRequestParameters()
+    for n in range(3):
+        turn = ModelTurn(number=n + 1, messages=list(history), parameters=parameters)
+        with_memo = canonical_text(turn, memo)
+        assert with_memo == canonical_text(turn)
+        assert json.loads(with_memo)["messages"][0]["parts"][0]["content"] == "go"
+        history.append(ModelResponse(parts=[ToolCallPart("add", {"a": n, "b": 1})]))
+        history.append(ModelRequest(parts=[UserPromptPart(f"result {n}")]))
+    # A history that changed in the middle is written again from there.
+    history[1] = ModelResponse(parts=[TextPart("changed")])
+    turn = ModelTurn(number=4, messages=list(history), parameters=parameters)
+    assert canonical_text(turn, memo) == canonical_text(turn)
+    assert "changed" in canonical_text(turn, memo)

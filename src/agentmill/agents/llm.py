@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from pydantic_ai.settings import ModelSettings
     from pydantic_ai.usage import RequestUsage, RunUsage
 
-__all__ = ["LLMAgent", "canonical_text"]
+__all__ = ["CanonicalMemo", "LLMAgent", "canonical_text"]
 
 
 class LLMAgent(Agent):
@@ -159,7 +159,7 @@ class LLMAgent(Agent):
         assert self._output_schema is not None
         agent = PydanticAgent(
             self._model,
-            output_type=StructuredDict(self._output_schema),
+            output_type=StructuredDict(self._output_schema, validate=True),
             instructions=self.instructions or None,
             model_settings=self._settings,
         )
@@ -194,18 +194,51 @@ def _streams(model: Model) -> bool:
     return not (isinstance(model, FunctionModel) and model.stream_function is None)
 
 
-def canonical_text(turn: ModelTurn) -> str:
+def canonical_text(turn: ModelTurn, memo: CanonicalMemo | None = None) -> str:
     """A model request as canonical JSON text: what it sends (messages, tools, output
     mode) without timestamps or ids that differ between identical requests. The cache keys
-    on it; budgets, rate limits and the prompt size guard measure it."""
-    messages = [_message_json(message) for message in turn.messages]
+    on it; budgets, rate limits and the prompt size guard measure it. An agent loop passes
+    its `memo`, so each message of its growing history is written once, not once per turn."""
+    texts = (memo or CanonicalMemo()).texts(turn.messages)
     parameters = turn.parameters
     tools = [
         {"name": t.name, "description": t.description, "parameters": t.parameters_json_schema}
         for t in [*parameters.function_tools, *parameters.output_tools]
     ]
-    document = {"messages": messages, "tools": tools, "output_mode": parameters.output_mode}
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    # The same text as json.dumps of {"messages", "output_mode", "tools"} with sorted keys.
+    return (
+        '{"messages":['
+        + ",".join(texts)
+        + '],"output_mode":'
+        + _dumps(parameters.output_mode)
+        + ',"tools":'
+        + _dumps(tools)
+        + "}"
+    )
+
+
+class CanonicalMemo:
+    """The canonical text of messages already written. A loop's history grows by appending
+    the same message objects, so a message seen at the same place is not written again."""
+
+    def __init__(self) -> None:
+        self._written: list[tuple[Any, str]] = []
+
+    def texts(self, messages: list[Any]) -> list[str]:
+        texts: list[str] = []
+        for index, message in enumerate(messages):
+            if index < len(self._written) and self._written[index][0] is message:
+                texts.append(self._written[index][1])
+                continue
+            del self._written[index:]
+            text = _dumps(_message_json(message))
+            self._written.append((message, text))
+            texts.append(text)
+        return texts
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 _VOLATILE = frozenset(

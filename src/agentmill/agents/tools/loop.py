@@ -35,7 +35,7 @@ from agentmill.agents.base import (
     Usage,
     as_durable,
 )
-from agentmill.agents.llm import canonical_text
+from agentmill.agents.llm import CanonicalMemo, canonical_text
 from agentmill.errors import AgentmillError, LoopStopped
 from agentmill.store.records import CallRecord, CallStatus
 
@@ -101,6 +101,8 @@ class LoopState:
     finish_turn: int | None = None
     call_ids: dict[str, str] = field(default_factory=dict)
     """The current turn's tool call ids (from the model) -> call ids (`t<turn>.<k>`)."""
+    memo: CanonicalMemo = field(default_factory=CanonicalMemo)
+    """The canonical text of the conversation's messages written so far."""
     reason: str = ""
     """The text the model wrote with its tool calls (shown to approvers)."""
     policies: dict[str, Any] = field(default_factory=dict)
@@ -260,7 +262,7 @@ class ToolLoop(Agent):
         turn = ModelTurn(
             number=state.turn, messages=messages, parameters=parameters, settings=settings
         )
-        request = replace(state.request, turn=turn, prompt=canonical_text(turn))
+        request = replace(state.request, turn=turn, prompt=canonical_text(turn, state.memo))
         started = time.time()
         record = CallRecord(
             run_id=state.request.run_id,
@@ -349,7 +351,8 @@ def _output_type(schema: dict[str, Any] | None) -> Any:
         return str
     from pydantic_ai.output import StructuredDict
 
-    return StructuredDict(schema)
+    # Validated: an output that does not fit goes back to the model (not checked by default).
+    return StructuredDict(schema, validate=True)
 
 
 def _response(data: Any) -> ModelResponse:
