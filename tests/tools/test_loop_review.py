@@ -320,3 +320,62 @@ def test_a_tool_gates_prompt_carries_no_terminal_controls() -> None:
 
     assert prompt.startswith("Call evil")
     assert not any(0x80 <= ord(c) < 0xA0 or c in "\x1b\x07\u202e" for c in prompt)
+
+
+async def test_an_invalid_structured_output_is_retried_and_replays_in_line(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """The output tool's arguments fail the schema once (a retry prompt, pydantic-ai's
+    output retry counter), then pass; request 3 fails once and the replay lines up."""
+    output = (
+        "    output:\n      type: object\n      properties: {total: {type: integer}}\n"
+        "      required: [total]"
+    )
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        n = turns(messages) + 1
+        final = info.output_tools[0].name
+        if n == 1:
+            return ModelResponse(parts=[ToolCallPart("add", {"a": 1, "b": 2})])
+        if n == 2:
+            return ModelResponse(parts=[ToolCallPart(final, {"total": "three"})])
+        return ModelResponse(parts=[ToolCallPart(final, {"total": 3})])
+
+    model = failing_once_at(3, Scripted(script))
+    config = project(agent=f"{output}\n    retries: 1", step=", backoff: 0.01")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: model})
+
+    assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+    assert done.run.outputs == {"work": {"total": 3}}, done.calls[-1]
+    assert done.steps["work"].attempt == 2
+    assert done.run.outputs == {"work": {"total": 3}}
+    assert [e["a"] for e in executed(tmp_path)] == [1]
+
+
+async def test_a_structured_output_without_tools_is_validated_too(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    config = f"""
+version: 1
+models: {{default: {MODEL}}}
+agents:
+  grader:
+    output:
+      type: object
+      properties: {{total: {{type: integer}}}}
+      required: [total]
+workflows:
+  w:
+    steps:
+      - {{id: grade, agent: grader, prompt: "grade"}}
+"""
+    answers = iter([{"total": "three"}, {"total": 3}])
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, next(answers))])
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+    assert done.run.outputs == {"grade": {"total": 3}}
