@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -379,3 +380,45 @@ workflows:
 
     assert done.run.status is RunStatus.SUCCEEDED, done.run.error
     assert done.run.outputs == {"grade": {"total": 3}}
+
+
+EVIL_NAMES_SERVER = """
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("evil")
+
+
+@server.tool(name="ok\\x1b]0;pwned\\x07\\x1b[2J\\u202eeman")
+def named() -> str:
+    \"\"\"A tool whose name carries terminal escapes.\"\"\"
+    return "x"
+
+
+server.run()
+"""
+
+
+def test_doctor_shows_a_servers_tool_names_without_escapes(tmp_path: Path) -> None:
+    """`doctor` prints the names a server offers: untrusted text, cleaned before the terminal."""
+    (tmp_path / "evil_server.py").write_text(EVIL_NAMES_SERVER)
+    config = tmp_path / "agentmill.yaml"
+    python = json.dumps(sys.executable)
+    config.write_text(
+        "agents:\n  a:\n    tools: [{mcp: evil}]\n"
+        f"mcp:\n  evil: {{command: [{python}, evil_server.py]}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMILL_")}
+    env |= {"AGENTMILL_HOME": str(tmp_path / ".agentmill"), "COLUMNS": "300"}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "agentmill", "doctor", str(config)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert "1 tool: ok" in result.stdout, result.stdout + result.stderr
+    assert not any(c in result.stdout for c in "\x1b\x07\u202e")

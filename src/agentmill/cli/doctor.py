@@ -14,6 +14,7 @@ from rich.table import Column, Table
 
 from agentmill.cli.exits import EXIT_FAILED, EXIT_OK, out
 from agentmill.errors import AgentmillError, ConfigError
+from agentmill.logs import strip_controls
 from agentmill.settings import Settings, credential_present, granted_environment
 from agentmill.spec.presets import PresetSpec
 
@@ -154,7 +155,9 @@ async def _mcp_servers_table(project: LoadedProject) -> Table:
         }
     for name, report in reports.items():
         ok, detail = report.result()
-        table.add_row(escape(name), _mark(ok, missing="problem"), escape(detail))
+        # Tool names and errors come from the server: untrusted text on the terminal.
+        shown = escape(strip_controls(detail))
+        table.add_row(escape(name), _mark(ok, missing="problem"), shown)
     return table
 
 
