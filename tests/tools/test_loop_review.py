@@ -422,3 +422,43 @@ def test_doctor_shows_a_servers_tool_names_without_escapes(tmp_path: Path) -> No
 
     assert "1 tool: ok" in result.stdout, result.stdout + result.stderr
     assert not any(c in result.stdout for c in "\x1b\x07\u202e")
+
+
+TYPED_TOOL = '''
+import datetime
+
+from pydantic import BaseModel
+
+
+class Window(BaseModel):
+    start: datetime.date
+    days: int
+
+
+def plan(window: Window, at: datetime.datetime) -> str:
+    """Plan a window."""
+    return f"{window.start.isoformat()}+{window.days} at {at.hour}"
+'''
+
+
+async def test_a_tool_whose_arguments_validate_to_python_objects_is_recorded(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """Validated arguments hold dates and models, which the journal's JSON could not store:
+    the step crashed instead of running the call."""
+    (tmp_path / "typed_tool.py").write_text(TYPED_TOOL)
+    args = {"window": {"start": "2026-01-02", "days": 3}, "at": "2026-01-02T10:00:00"}
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return ModelResponse(parts=[ToolCallPart("plan", args)])
+        return ModelResponse(parts=[TextPart(f"{tool_returns(messages)}")])
+
+    config = project(tools="      - function: typed_tool:plan")
+
+    done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+    assert done.run.outputs == {"work": "['2026-01-02+3 at 10']"}
+    (call,) = [c for c in done.calls if c.kind == "tool"]
+    assert call.arguments == args

@@ -183,7 +183,7 @@ class _Calls:
 
         context = self._state.context
         await context.emit_event(
-            "tool_call", call=call_id, name=name, args=_preview(arguments), replayed=True
+            "tool_call", call=call_id, name=name, args=_preview(_plain(arguments)), replayed=True
         )
         size = len(json.dumps(record.result)) if record.status is CallStatus.SUCCEEDED else 0
         error = {"error": _redacted(record.error)} if record.error else {}
@@ -246,7 +246,7 @@ class _Calls:
             step=state.step,
             call_id=call_id,
             tool=name,
-            arguments=arguments,
+            arguments=_plain(arguments),
             reason=state.reason,
             on_wait=on_wait,
         )
@@ -287,7 +287,7 @@ class _Calls:
         record = self._record(call_id, name, arguments, CallStatus.RUNNING)
         self._log.put(record)
         await state.context.emit_event(
-            "tool_call", call=call_id, name=name, args=_preview(arguments)
+            "tool_call", call=call_id, name=name, args=_preview(_plain(arguments))
         )
         started = time.monotonic()
         outcome, error = await self._run(call_id, name, arguments, run)
@@ -370,7 +370,7 @@ class _Calls:
             name=name,
             status=status,
             attempt=state.request.attempt,
-            arguments=arguments,
+            arguments=_plain(arguments),
             started_at=time.time(),
         )
 
@@ -379,6 +379,14 @@ def _rejected(decision: ToolDecision) -> str:
     who = f" by {decision.decided_by}" if decision.decided_by else ""
     message = f": {decision.message}" if decision.message else ""
     return f"The call was rejected{who}{message}. Do not retry it as it was."
+
+
+def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as JSON, as recorded and shown: validated ones can hold dates and
+    models (the call itself runs with those)."""
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(arguments, fallback=str)
 
 
 def _signature(name: str, arguments: dict[str, Any]) -> str:
