@@ -462,3 +462,28 @@ async def test_a_tool_whose_arguments_validate_to_python_objects_is_recorded(
     assert done.run.outputs == {"work": "['2026-01-02+3 at 10']"}
     (call,) = [c for c in done.calls if c.kind == "tool"]
     assert call.arguments == args
+
+
+async def test_a_function_tools_timeout_is_a_tool_error_the_model_sees(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    (tmp_path / "blocking_tool.py").write_text(BLOCKING_TOOL)
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return ModelResponse(parts=[ToolCallPart("block", {})])
+        return ModelResponse(parts=[TextPart("moved on")])
+
+    tools = "      - {function: 'blocking_tool:block', timeout: 500ms}"
+    try:
+        done = await run_project(
+            sqlite_engine, tmp_path, project(tools=tools), {MODEL: Scripted(script)}
+        )
+
+        assert done.run.status is RunStatus.SUCCEEDED, done.run.error
+        assert done.run.outputs == {"work": "moved on"}
+        (call,) = [c for c in done.calls if c.call_id == "t1.1"]
+        assert call.error is not None
+        assert "Timed out" in call.error
+    finally:
+        (tmp_path / "release").touch()
