@@ -549,12 +549,7 @@ def _consecutive(queue: asyncio.Queue[EventRecord], first: EventRecord) -> list[
     return batch
 
 
-_NO_OWNER: dict[str, Any] = {
-    "owner": None,
-    "owner_pid": None,
-    "owner_host": None,
-    "heartbeat_at": None,
-}
+_NO_OWNER: dict[str, Any] = dict.fromkeys(("owner", "owner_pid", "owner_host", "heartbeat_at"))
 
 
 def _same_request(run: RunRecord, workflow: str, inputs: dict[str, Any]) -> RunRecord:
