@@ -18,10 +18,19 @@ from pydantic_ai.exceptions import ModelHTTPError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo
 
+from agentmill.agents.models import override_models
 from agentmill.engine.engine import Engine
 from agentmill.engine.tool_approvals import tool_prompt
+from agentmill.spec.loader import load_project_text
 from agentmill.store import RunStatus
-from tests.tools.loop_project import Scripted, executed, run_project, tool_returns, turns
+from tests.tools.loop_project import (
+    Scripted,
+    executed,
+    run_project,
+    tool_returns,
+    turns,
+    write_project,
+)
 
 MODEL = "openai:gpt-4o"
 
@@ -487,3 +496,55 @@ async def test_a_function_tools_timeout_is_a_tool_error_the_model_sees(
         assert "Timed out" in call.error
     finally:
         (tmp_path / "release").touch()
+
+
+async def test_a_step_stopped_over_a_tool_name_the_model_made_up_shows_it_cleaned(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    """The model (steered by text it read) can call any name; past its retries the step's
+    error names it, and the CLI prints that error."""
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        return ModelResponse(parts=[ToolCallPart("nope\x1b]0;pwned\x07\x1b[2J", {})])
+
+    done = await run_project(sqlite_engine, tmp_path, project(), {MODEL: Scripted(script)})
+
+    assert done.run.status is RunStatus.FAILED
+    assert done.run.error is not None
+    assert "nope" in done.run.error
+    assert not any(c in done.run.error for c in "\x1b\x07"), repr(done.run.error)
+
+
+async def test_a_run_cancelled_during_an_mcp_call_ends_the_server(
+    sqlite_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "slow_server.py").write_text(SLOW_SERVER)
+    pidfile = tmp_path / "server.pid"
+    monkeypatch.setenv("PIDFILE", str(pidfile))
+    top = f"mcp:\n  slow:\n    command: [{sys.executable}, slow_server.py]\n    env: [PIDFILE]"
+
+    def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if turns(messages) == 0:
+            return ModelResponse(parts=[ToolCallPart("wait_long", {"seconds": 120})])
+        return ModelResponse(parts=[TextPart("done")])
+
+    path = write_project(tmp_path, project(top=top, tools="      - mcp: slow"))
+    loaded = load_project_text(path.read_text(), str(path))
+    model = Scripted(script).model()
+    with override_models(lambda _label: model):
+        run = await sqlite_engine.submit(loaded.spec, "w", {}, config_path=str(path))
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert pidfile.exists()
+        await sqlite_engine.cancel(run.id)
+        ended = await sqlite_engine.wait(run.id)
+
+    assert ended.status is RunStatus.CANCELLED
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"the MCP server (pid {pid}) outlived the run's cancel")
