@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,13 @@ server.run()
 """
 
 
+def _fresh_module(tmp_path: Path, source: str) -> str:
+    """A tools module under a name of the test's own (Python keeps imported modules)."""
+    name = f"review_tool_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text(source)
+    return name
+
+
 def _alive(pid: int) -> bool:
     """Whether `pid` is still a process of ours (a zombie counts as ended)."""
     try:
@@ -182,14 +190,14 @@ async def test_a_step_timeout_ends_a_step_whose_sync_tool_blocks(
 ) -> None:
     """A sync function runs in a worker thread; without a tool `timeout` pydantic-ai shields
     that await, so the step's timeout (or a cancel) waited for the thread to return."""
-    (tmp_path / "blocking_tool.py").write_text(BLOCKING_TOOL)
+    module = _fresh_module(tmp_path, BLOCKING_TOOL)
 
     def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if turns(messages) == 0:
             return ModelResponse(parts=[ToolCallPart("block", {})])
         return ModelResponse(parts=[TextPart("done")])
 
-    config = project(tools="      - function: blocking_tool:block", step=", timeout: 1s")
+    config = project(tools=f"      - function: {module}:block", step=", timeout: 1s")
     try:
         done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
 
@@ -282,14 +290,14 @@ async def test_a_tool_that_exits_is_a_tool_error_the_model_sees(
 ) -> None:
     """argparse calls sys.exit on flags it does not know: SystemExit is no Exception, so it
     went past the tool's error handling and ended the step (or the worker)."""
-    (tmp_path / "exiting_tool.py").write_text(EXITING_TOOL)
+    module = _fresh_module(tmp_path, EXITING_TOOL)
 
     def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if turns(messages) == 0:
             return ModelResponse(parts=[ToolCallPart("parse", {"flags": "--bogus"})])
         return ModelResponse(parts=[TextPart("handled")])
 
-    config = project(tools="      - function: exiting_tool:parse")
+    config = project(tools=f"      - function: {module}:parse")
 
     done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
 
@@ -455,7 +463,7 @@ async def test_a_tool_whose_arguments_validate_to_python_objects_is_recorded(
 ) -> None:
     """Validated arguments hold dates and models, which the journal's JSON could not store:
     the step crashed instead of running the call."""
-    (tmp_path / "typed_tool.py").write_text(TYPED_TOOL)
+    module = _fresh_module(tmp_path, TYPED_TOOL)
     args = {"window": {"start": "2026-01-02", "days": 3}, "at": "2026-01-02T10:00:00"}
 
     def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -463,7 +471,7 @@ async def test_a_tool_whose_arguments_validate_to_python_objects_is_recorded(
             return ModelResponse(parts=[ToolCallPart("plan", args)])
         return ModelResponse(parts=[TextPart(f"{tool_returns(messages)}")])
 
-    config = project(tools="      - function: typed_tool:plan")
+    config = project(tools=f"      - function: {module}:plan")
 
     done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
 
@@ -476,14 +484,14 @@ async def test_a_tool_whose_arguments_validate_to_python_objects_is_recorded(
 async def test_a_function_tools_timeout_is_a_tool_error_the_model_sees(
     sqlite_engine: Engine, tmp_path: Path
 ) -> None:
-    (tmp_path / "blocking_tool.py").write_text(BLOCKING_TOOL)
+    module = _fresh_module(tmp_path, BLOCKING_TOOL)
 
     def script(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         if turns(messages) == 0:
             return ModelResponse(parts=[ToolCallPart("block", {})])
         return ModelResponse(parts=[TextPart("moved on")])
 
-    tools = "      - {function: 'blocking_tool:block', timeout: 500ms}"
+    tools = f"      - {{function: '{module}:block', timeout: 500ms}}"
     try:
         done = await run_project(
             sqlite_engine, tmp_path, project(tools=tools), {MODEL: Scripted(script)}
