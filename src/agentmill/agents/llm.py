@@ -83,29 +83,16 @@ class LLMAgent(Agent):
 
     async def _run_text(self, prompt: str, context: StepContext) -> StepResult:
         from pydantic_ai.direct import model_request_stream
-        from pydantic_ai.messages import (
-            ModelRequest,
-            PartDeltaEvent,
-            PartStartEvent,
-            TextPart,
-            TextPartDelta,
-        )
+        from pydantic_ai.messages import ModelRequest
 
         message = ModelRequest.user_text_prompt(prompt, instructions=self.instructions or None)
         chunks = 0
         async with model_request_stream(
             self._model, [message], model_settings=self._settings
         ) as stream:
-            async for event in stream:
-                if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
-                    text = event.part.content
-                elif isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
-                    text = event.delta.content_delta
-                else:
-                    continue
-                if text:
-                    chunks += 1
-                    await context.emit_text(text)
+            async for text in _text_deltas(stream):
+                chunks += 1
+                await context.emit_text(text)
             response = stream.get()
         output = response.text or ""
         usage = _usage(response.usage, requests=1)
