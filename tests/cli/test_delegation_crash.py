@@ -5,17 +5,10 @@ calls are made again; the child's interrupted call runs again, once, with its ke
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
+from tests.cli import scripted
 from tests.cli.conftest import Cli
-
-DELEGATION_CLI = Path(__file__).parents[1] / "fixtures" / "delegation_cli.py"
 
 PROJECT_TOOLS = '''
 import os
@@ -50,17 +43,6 @@ workflows:
 """
 
 
-def _command(*args: str) -> list[str]:
-    return [sys.executable, str(DELEGATION_CLI), *args]
-
-
-def _wait_for(cli: Cli, line_start: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(line.startswith(line_start) for line in cli.calls()):
-        assert time.monotonic() < deadline, f"no {line_start!r} in {cli.calls()}"
-        time.sleep(0.05)
-
-
 def test_kill_9_inside_a_delegation_resumes_the_child_without_repeating_any(
     any_backend_cli: Cli,
 ) -> None:
@@ -69,31 +51,14 @@ def test_kill_9_inside_a_delegation_resumes_the_child_without_repeating_any(
     config = cli.cwd / "agentmill.yaml"
     config.write_text(CONFIG)
     cli.env["AGENTMILL_TEST_SLOW_TOOL"] = "60"
-    process = subprocess.Popen(
-        _command("run", str(config), "w"),
-        cwd=cli.cwd,
-        env=cli.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    _wait_for(cli, "tool-start 2")
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+    process = scripted.start(cli, "delegation_cli.py", "run", str(config), "w")
+    scripted.wait_for(cli, "tool-start 2")
+    scripted.kill_9(process)
     (run,) = json.loads(cli.run("runs", "list", "--json").stdout)
     keys = {n: f"{run['run_id']}/work>t1.1/t{n}.1" for n in range(1, 4)}
 
     cli.env["AGENTMILL_TEST_SLOW_TOOL"] = "0"
-    resumed = subprocess.run(
-        _command("runs", "resume", run["run_id"], "--json"),
-        cwd=cli.cwd,
-        env=cli.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    resumed = scripted.run(cli, "delegation_cli.py", "runs", "resume", run["run_id"], "--json")
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
     assert result["status"] == "succeeded"

@@ -5,17 +5,10 @@ same idempotency key."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from pathlib import Path
 
+from tests.cli import scripted
 from tests.cli.conftest import Cli
-
-TOOL_LOOP_CLI = Path(__file__).parents[1] / "fixtures" / "tool_loop_cli.py"
 
 PROJECT_TOOLS = '''
 import json
@@ -50,17 +43,6 @@ workflows:
 """
 
 
-def _command(*args: str) -> list[str]:
-    return [sys.executable, str(TOOL_LOOP_CLI), *args]
-
-
-def _wait_for(cli: Cli, line_start: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(line.startswith(line_start) for line in cli.calls()):
-        assert time.monotonic() < deadline, f"no {line_start!r} in {cli.calls()}"
-        time.sleep(0.05)
-
-
 def test_kill_9_after_the_third_tool_call_resumes_without_repeating_any(
     any_backend_cli: Cli,
 ) -> None:
@@ -69,18 +51,9 @@ def test_kill_9_after_the_third_tool_call_resumes_without_repeating_any(
     config = cli.cwd / "agentmill.yaml"
     config.write_text(CONFIG)
     cli.env["AGENTMILL_TEST_SLOW_TOOL"] = "60"
-    process = subprocess.Popen(
-        _command("run", str(config), "w"),
-        cwd=cli.cwd,
-        env=cli.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    _wait_for(cli, "tool-start 4")
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+    process = scripted.start(cli, "tool_loop_cli.py", "run", str(config), "w")
+    scripted.wait_for(cli, "tool-start 4")
+    scripted.kill_9(process)
     listed = cli.run("runs", "list", "--json")
     (run,) = json.loads(listed.stdout)
     keys = {n: f"{run['run_id']}/work/t{n}.1" for n in range(1, 6)}
@@ -89,15 +62,7 @@ def test_kill_9_after_the_third_tool_call_resumes_without_repeating_any(
     assert before[f"tool-start 4 {keys[4]}"] == 1
 
     cli.env["AGENTMILL_TEST_SLOW_TOOL"] = "0"
-    resumed = subprocess.run(
-        _command("runs", "resume", run["run_id"], "--json"),
-        cwd=cli.cwd,
-        env=cli.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    resumed = scripted.run(cli, "tool_loop_cli.py", "runs", "resume", run["run_id"], "--json")
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(resumed.stdout)
     assert result["status"] == "succeeded"
