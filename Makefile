@@ -53,8 +53,11 @@ $(MCP_NODE_STAMP): | $(BIN)/python
 demo: $(VENV)/.demo-installed ## Run the example workflow on SQLite + the local model
 	$(BIN)/agentmill run examples/code-review.yaml review --input diff=@examples/sample.diff
 
+# Two workers: most of the suite waits on subprocesses, servers and databases, not the CPU.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.dev-installed $(MCP_NODE_STAMP) ## Run the whole test suite
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.dev-installed ## Check formatting and lint
 	$(BIN)/ruff format --check $(SOURCES)
