@@ -176,10 +176,13 @@ def costs(
 @app.command()
 def doctor(
     file: Annotated[
-        Path | None, typer.Argument(help="Config file whose command-line presets to check too")
+        Path | None,
+        typer.Argument(
+            help="Config file whose command-line agents, agent tools and MCP servers to check too"
+        ),
     ] = None,
 ) -> None:
-    """Check the database, extras, API keys, the local model and command-line tools."""
+    """Check the database, extras, API keys, the local model, command-line tools and MCP servers."""
     from agentmill.cli.doctor import run_doctor
 
     run_command(lambda: run_doctor(file))
