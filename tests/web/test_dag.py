@@ -12,13 +12,16 @@ from dataclasses import dataclass
 import pytest
 
 from agentmill.spec.models import WorkflowSpec
+from agentmill.store.records import StepRecord, StepStatus
 from agentmill.web.dag import (
     NODE_H,
     NODE_W,
     DagLayout,
     dag_node_id,
+    foreach_counts,
     layout_dag,
     render_dag,
+    step_states,
 )
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -268,3 +271,59 @@ def test_no_steps_draws_an_empty_graph() -> None:
     assert layout.edges == ()
     assert node_groups(svg) == []
     assert svg.get("aria-label") == "Workflow: 0 steps"
+
+
+def record(step: str, status: StepStatus, index: int | None = None) -> StepRecord:
+    key = step if index is None else f"{step}#{index}"
+    return StepRecord(
+        run_id="r1", key=key, step_id=step, item_index=index, status=status, attempt=1
+    )
+
+
+PLAN = [
+    Step("plan"),
+    Step("gate", ("plan",), agent=None, approval={"prompt": "ok?"}),
+    Step("fix", ("gate",), foreach="{{ x }}"),
+    Step("lint", ("plan",), when="{{ false }}"),
+    Step("tools", ("plan",)),
+    Step("ship", ("fix",)),
+]
+
+
+def test_step_records_become_the_states_drawn() -> None:
+    records = [
+        record("plan", StepStatus.SUCCEEDED),
+        record("gate", StepStatus.RUNNING),
+        record("lint", StepStatus.SKIPPED),
+        record("tools", StepStatus.RUNNING),
+    ]
+    states = step_states(PLAN, records, run_status="running", waiting={"tools"})
+    assert states == {
+        "plan": "succeeded",
+        "gate": "waiting",
+        "fix": "pending",
+        "lint": "skipped",
+        "tools": "waiting",
+        "ship": "pending",
+    }
+    assert step_states(PLAN, records, run_status="running")["tools"] == "running"
+
+
+def test_a_foreach_step_is_running_until_every_call_is_done_and_failed_if_one_failed() -> None:
+    done = [record("plan", StepStatus.SUCCEEDED), record("gate", StepStatus.SUCCEEDED)]
+    calls = [record("fix", StepStatus.SUCCEEDED, 0), record("fix", StepStatus.RUNNING, 1)]
+    assert step_states(PLAN, done + calls, run_status="running")["fix"] == "running"
+    calls[1] = record("fix", StepStatus.FAILED, 1)
+    assert step_states(PLAN, done + calls, run_status="failed")["fix"] == "failed"
+    calls[1] = record("fix", StepStatus.SUCCEEDED, 1)
+    calls.append(record("fix", StepStatus.SUCCEEDED, 2))
+    assert step_states(PLAN, done + calls, run_status="running")["fix"] == "succeeded"
+    assert foreach_counts(done + calls) == {"fix": 3}
+
+
+def test_steps_a_finished_run_never_reached_are_skipped_or_cancelled() -> None:
+    records = [record("plan", StepStatus.SUCCEEDED), record("gate", StepStatus.RUNNING)]
+    cancelled = step_states(PLAN, records, run_status="cancelled")
+    assert (cancelled["gate"], cancelled["ship"]) == ("cancelled", "cancelled")
+    failed = step_states(PLAN, [record("plan", StepStatus.FAILED)], run_status="failed")
+    assert (failed["plan"], failed["ship"]) == ("failed", "skipped")

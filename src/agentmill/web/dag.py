@@ -10,14 +10,17 @@ static/svg.css colours and that the run page's script may change live.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from markupsafe import Markup
 
+from agentmill.store.records import StepRecord, StepStatus
 from agentmill.web._svg import element, truncate
 
 __all__ = [
@@ -27,8 +30,10 @@ __all__ = [
     "DagNode",
     "StepLike",
     "dag_node_id",
+    "foreach_counts",
     "layout_dag",
     "render_dag",
+    "step_states",
 ]
 
 STATES = ("pending", "running", "waiting", "succeeded", "failed", "skipped", "cancelled")
@@ -37,8 +42,8 @@ STATES = ("pending", "running", "waiting", "succeeded", "failed", "skipped", "ca
 NODE_W = 176
 NODE_H = 44
 _GAP_X = 56
-_GAP_Y = 16
-_DUMMY_H = 12
+_GAP_Y = 14
+_DUMMY_H = 0
 _PAD = 12
 _LABEL_CHARS = 21
 _KIND_CHARS = 24
@@ -228,13 +233,15 @@ def _by_barycenter(row: list[int], reference: list[int], neighbours: list[list[i
 
 
 def _crossings(rows: list[list[int]], graph: _Graph) -> int:
+    """Edge crossings between adjacent layers: inversions of the lower ends, O(E log E)."""
     total = 0
     for upper, lower in itertools.pairwise(rows):
         position = {slot: i for i, slot in enumerate(lower)}
-        pairs = [
-            (i, position[c]) for i, s in enumerate(upper) for c in graph.down[s] if c in position
-        ]
-        total += sum(1 for a, b in pairs for c, d in pairs if a < c and b > d)
+        ends = [position[c] for s in upper for c in sorted(graph.down[s], key=position.__getitem__)]
+        seen: list[int] = []
+        for end in ends:
+            total += len(seen) - bisect.bisect_right(seen, end)
+            bisect.insort(seen, end)
     return total
 
 
@@ -417,3 +424,47 @@ def _node_group(node: DagNode, state: str, count: int | None) -> Markup:
         children.append(element("text", badge, "if"))
     attrs = {"class": classes, "data-step": node.id, "id": dag_node_id(node.id)}
     return element("g", attrs, *children)
+
+
+def step_states(
+    steps: Sequence[StepLike],
+    records: Iterable[StepRecord],
+    *,
+    run_status: str,
+    waiting: Collection[str] = (),
+) -> dict[str, str]:
+    """Each step's state for `render_dag` from a run's step records (one per call of a
+    foreach step). A running approval gate, or a step listed in `waiting` (a tool call
+    awaiting approval), is `waiting`; steps a finished run never reached are `cancelled`
+    when it was cancelled, `skipped` otherwise."""
+    found: defaultdict[str, set[StepStatus]] = defaultdict(set)
+    for record in records:
+        found[record.step_id].add(record.status)
+    return {
+        step.id: _state(step, found.get(step.id, set()), run_status, step.id in waiting)
+        for step in steps
+    }
+
+
+def _state(step: StepLike, statuses: set[StepStatus], run_status: str, waiting: bool) -> str:
+    if not statuses:
+        finished = run_status in ("succeeded", "failed", "cancelled")
+        return (
+            "pending" if not finished else "cancelled" if run_status == "cancelled" else "skipped"
+        )
+    if StepStatus.RUNNING in statuses:
+        if run_status == "cancelled":
+            return "cancelled"
+        return "waiting" if waiting or step.approval is not None else "running"
+    if StepStatus.FAILED in statuses:
+        return "failed"
+    return "skipped" if statuses == {StepStatus.SKIPPED} else "succeeded"
+
+
+def foreach_counts(records: Iterable[StepRecord]) -> dict[str, int]:
+    """Calls per foreach step as far as the records show (the highest item index + 1)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.item_index is not None:
+            counts[record.step_id] = max(counts.get(record.step_id, 0), record.item_index + 1)
+    return counts
