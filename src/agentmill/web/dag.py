@@ -48,6 +48,8 @@ _PAD = 12
 _LABEL_CHARS = 21
 _KIND_CHARS = 24
 _SWEEPS = 8
+_TRANSPOSE_SLOTS = 2000
+"""Above this many slots (steps and long-edge placeholders), barycenter sweeps only."""
 
 Kind = Literal["agent", "gate", "foreach"]
 
@@ -202,7 +204,8 @@ def _link(graph: _Graph, source: int, target: int) -> None:
 
 
 def _order(graph: _Graph) -> list[list[int]]:
-    """Slots per layer, reordered by barycenter sweeps; the order with fewest crossings."""
+    """Slots per layer, reordered by barycenter sweeps and swaps of neighbours; the order
+    with the fewest crossings."""
     rows: list[list[int]] = [[] for _ in range(max(graph.layer) + 1)]
     for slot, layer in enumerate(graph.layer):
         rows[layer].append(slot)
@@ -215,10 +218,43 @@ def _order(graph: _Graph) -> list[list[int]]:
             rows[layer] = _by_barycenter(
                 rows[layer], reference, graph.up if downwards else graph.down
             )
+        if len(graph.layer) <= _TRANSPOSE_SLOTS:
+            _transpose(rows, graph)
         crossings = _crossings(rows, graph)
         if crossings < fewest:
             best, fewest = [list(row) for row in rows], crossings
     return best
+
+
+def _transpose(rows: list[list[int]], graph: _Graph) -> None:
+    """Swap neighbours in a layer while that removes crossings with the layers beside it."""
+    for _ in range(_SWEEPS):
+        swapped = False
+        for layer, row in enumerate(rows):
+            above = _positions(rows[layer - 1]) if layer else {}
+            below = _positions(rows[layer + 1]) if layer + 1 < len(rows) else {}
+            for i in range(len(row) - 1):
+                u, v = row[i], row[i + 1]
+                if _pair_crossings(v, u, graph, above, below) < _pair_crossings(
+                    u, v, graph, above, below
+                ):
+                    row[i], row[i + 1] = v, u
+                    swapped = True
+        if not swapped:
+            return
+
+
+def _positions(row: list[int]) -> dict[int, int]:
+    return {slot: i for i, slot in enumerate(row)}
+
+
+def _pair_crossings(
+    first: int, second: int, graph: _Graph, above: dict[int, int], below: dict[int, int]
+) -> int:
+    """Crossings between the edges of `first` and `second` when `first` comes first."""
+    up = sum(1 for a in graph.up[first] for b in graph.up[second] if above[a] > above[b])
+    down = sum(1 for a in graph.down[first] for b in graph.down[second] if below[a] > below[b])
+    return up + down
 
 
 def _by_barycenter(row: list[int], reference: list[int], neighbours: list[list[int]]) -> list[int]:
