@@ -181,3 +181,12 @@ def test_a_meter_shows_the_share_of_its_budget_used(
     assert filled == pytest.approx(ratio)
     assert shown == text
     assert svg.get("aria-label") == f"Team <budget>: {text}"
+
+
+def test_values_that_are_not_numbers_are_left_out() -> None:
+    points: list[Point] = [(DEC_7, "a", math.nan), (DEC_7, "b", math.inf), (DEC_7, "c", 0.5)]
+    svg = parse(stacked_bars(points))
+    assert [title(b) for b in by_class(svg, "rect", "chart-bar")] == ["c, 2026-12-07: $0.5000"]
+    assert "nan" not in str(meter(math.nan, 5)).lower()
+    _, filled, _ = meter_parts(meter(1, math.inf))
+    assert filled == 0

@@ -7,6 +7,7 @@ through. Presentation lives in static/svg.css (classes), never in `style=` attri
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from markupsafe import Markup, escape
@@ -20,7 +21,9 @@ _ELLIPSIS = "\u2026"
 
 
 def fmt(value: float) -> str:
-    """A coordinate written compactly: `12`, `12.5`, never `12.000000001`."""
+    """A coordinate written compactly: `12`, `12.5`, never `12.000000001` (nor `nan`)."""
+    if not math.isfinite(value):
+        return "0"
     rounded = round(value, 2)
     if rounded == int(rounded):
         return str(int(rounded))

@@ -93,6 +93,8 @@ def _table(points: Iterable[Point], groups_max: int) -> _Table:
     sums: defaultdict[tuple[float, str], float] = defaultdict(float)
     totals: defaultdict[str, float] = defaultdict(float)
     for bucket, group, value in points:
+        if not math.isfinite(value) or not math.isfinite(bucket):
+            continue
         sums[bucket, group] += value
         totals[group] += value
     ranked = sorted(totals, key=lambda g: (-totals[g], g))
@@ -300,6 +302,7 @@ _METER_W = 200
 def meter(used: float, limit: float, *, unit: str = "$", label: str = "Budget") -> Markup:
     """A horizontal bar: `used` of `limit`, with the percentage; `meter-warn` from 80%,
     `meter-over` past the limit (a limit of 0 or less is over as soon as anything is used)."""
+    used = used if math.isfinite(used) else 0.0
     ratio = used / limit if limit > 0 else (math.inf if used > 0 else 0.0)
     over = used > limit
     state = "meter-over" if over else "meter-warn" if ratio >= 0.8 else "meter-ok"
