@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     shutdown_grace: Seconds = Field(
         default=30.0, ge=0, description="Seconds running steps get to finish on shutdown"
     )
+    session_ttl: Seconds = Field(
+        default=12 * 3600.0,
+        gt=0,
+        description="How long a dashboard sign-in lasts before the browser must sign in again",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -101,14 +101,14 @@ async def test_the_docs_pages_load_nothing_from_another_host(base_url: str, page
             assert response.content, url
 
 
-async def test_the_root_points_at_the_docs(base_url: str) -> None:
+async def test_the_root_is_the_dashboard_and_the_docs_stay_at_docs(base_url: str) -> None:
     async with httpx.AsyncClient(base_url=base_url) as client:
         response = await client.get("/")
-        assert response.is_redirect
-        assert response.headers["location"] == "/docs"
-        followed = await client.get("/", follow_redirects=True)
-    assert followed.status_code == 200
-    assert "swagger-ui" in followed.text
+        assert response.status_code == 303
+        assert response.headers["location"] == "/login"
+        docs = await client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger-ui" in docs.text
 
 
 CHROMIUM = shutil.which("chromium")

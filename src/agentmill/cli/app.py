@@ -106,6 +106,26 @@ def serve(
 
 
 @app.command()
+def ui(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Config file (default: ./agentmill.yaml if present)"),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (default 8790, or any free one)")
+    ] = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the sign-in link in a browser")
+    ] = True,
+) -> None:
+    """Serve the dashboard over the local store, with a one-time sign-in link."""
+    from agentmill.cli.ui_cmd import serve_ui
+
+    run_command(lambda: serve_ui(config, host, port, open_browser))
+
+
+@app.command()
 def mcp(
     file: Annotated[Path, typer.Argument(help="Config file whose workflows to serve")] = Path(
         "agentmill.yaml"

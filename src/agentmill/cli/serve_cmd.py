@@ -13,7 +13,7 @@ from agentmill.cli.exits import EXIT_OK, err
 from agentmill.errors import InputError
 from agentmill.settings import Settings
 
-__all__ = ["serve"]
+__all__ = ["check_port_free", "serve", "server_for"]
 
 
 def serve(config: Path | None, host: str, port: int, workers: int) -> int:
@@ -23,7 +23,7 @@ def serve(config: Path | None, host: str, port: int, workers: int) -> int:
 
     settings = Settings()
     project = load_checked(config) if config is not None else None
-    _check_port_free(host, port)
+    check_port_free(host, port)
     app = create_app(settings, project=project, config_path=config, workers=workers)
     role = f"{workers} worker slot(s)" if workers else "API only, no worker"
     err().print(f"agentmill serving on http://{host}:{port} ({role}); docs at /docs")
@@ -36,11 +36,11 @@ def serve(config: Path | None, host: str, port: int, workers: int) -> int:
         lifespan="on",
         log_config=None,  # uvicorn's loggers go through ours: ids stamped, secrets redacted
     )
-    _server_for(uvicorn_config, app).run()
+    server_for(uvicorn_config, app).run()
     return EXIT_OK
 
 
-def _server_for(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
+def server_for(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
     """uvicorn's server, telling the app it is stopping before connections are drained,
     so open event streams end (clients reconnect later) instead of holding up shutdown."""
 
@@ -56,7 +56,7 @@ def _server_for(config: uvicorn.Config, app: FastAPI) -> uvicorn.Server:
     return Server(config)
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

@@ -7,8 +7,7 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse
+from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -32,6 +31,8 @@ from agentmill.server.services import Services
 from agentmill.settings import Settings
 from agentmill.spec.loader import LoadedProject
 from agentmill.store.keys import KeyStore
+from agentmill.store.sessions import SessionStore
+from agentmill.web import OneTimeToken, install_dashboard
 
 __all__ = ["API_PREFIX", "create_app"]
 
@@ -51,9 +52,12 @@ def create_app(
     *,
     project: LoadedProject | None,
     config_path: Path | None = None,
-    workers: int = 1,
+    workers: int | None = 1,
+    ui_token: OneTimeToken | None = None,
 ) -> FastAPI:
-    """The API with an engine in the same process; `workers` 0 serves the API only."""
+    """The API and the dashboard with an engine in the same process; `workers` 0 serves
+    the API only, None runs the engine embedded (`agentmill ui`: it executes the runs it
+    starts, like `agentmill run`); `ui_token` is a one-time sign-in link's token."""
     mcp = McpEndpoint()
 
     @asynccontextmanager
@@ -68,6 +72,7 @@ def create_app(
             project=project,
             config_path=config_path,
             keys=KeyStore(engine.store.engine),
+            sessions=SessionStore(engine.store.engine, ttl=settings.session_ttl),
             limiter=RateLimiter(rate=settings.rate_limit, burst=settings.rate_burst),
             streams=StreamSlots(settings.max_streams_per_key),
             metrics=metrics,
@@ -90,7 +95,6 @@ def create_app(
         redoc_url="/redoc",
         static_url="/docs/assets",
     )
-    app.add_api_route("/", _to_the_docs, include_in_schema=False)
     install_problem_handlers(app)
     app.add_middleware(JsonDepthLimit, exempt=(WEBHOOKS_PREFIX,))
     app.add_middleware(
@@ -103,12 +107,8 @@ def create_app(
     app.router.routes.append(mcp.route())  # the workflows as MCP tools (server/mcp.py)
     for module in (workflows, runs, events, approvals, costs, webhooks, keys):
         app.include_router(module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
+    install_dashboard(app, ui_token=ui_token)
     return app
-
-
-async def _to_the_docs(request: Request) -> RedirectResponse:
-    """The root shows the API docs (until the dashboard takes it over)."""
-    return RedirectResponse(request.scope.get("root_path", "") + "/docs")
 
 
 class RequestMetrics:

@@ -35,6 +35,7 @@ __all__ = [
     "Problem",
     "install_problem_handlers",
     "problem_response",
+    "status_of",
 ]
 
 logger = logging.getLogger("agentmill.server")
@@ -134,7 +135,7 @@ def problem_response(
     )
 
 
-def _status_of(exc: AgentmillError) -> tuple[int, str]:
+def status_of(exc: AgentmillError) -> tuple[int, str]:
     if isinstance(exc, NotFoundError):
         return 404, "not-found"
     if isinstance(exc, InvalidStateError):
@@ -198,7 +199,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_agentmill_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, AgentmillError)
-        status, slug = _status_of(exc)
+        status, slug = status_of(exc)
         errors = None
         if isinstance(exc, ConfigError):
             errors = [{"line": p.line, "message": p.message, "hint": p.hint} for p in exc.problems]

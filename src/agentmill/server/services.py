@@ -15,6 +15,7 @@ from agentmill.server.metrics import Metrics
 from agentmill.settings import Settings
 from agentmill.spec.loader import LoadedProject
 from agentmill.store.keys import KeyStore
+from agentmill.store.sessions import SessionStore
 
 __all__ = ["Services", "services"]
 
@@ -27,6 +28,8 @@ class Services:
     """The server's config file (workflows, agents, triggers); None when serving without one."""
     config_path: Path | None
     keys: KeyStore
+    sessions: SessionStore
+    """The dashboard's sign-in sessions."""
     limiter: RateLimiter
     streams: StreamSlots
     metrics: Metrics

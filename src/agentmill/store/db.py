@@ -133,7 +133,7 @@ def create_sync_engine(url: str, *, pool_size: int = 2, fast: bool = False) -> s
     return engine
 
 
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 """The newest migration; a test checks it is Alembic's head."""
 VERSION_TABLE = "am_alembic_version"
 

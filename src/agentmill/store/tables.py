@@ -22,6 +22,7 @@ __all__ = [
     "rate_leases",
     "rate_limits",
     "runs",
+    "sessions",
     "steps",
 ]
 
@@ -59,7 +60,11 @@ runs = sa.Table(
     # added in 0003
     sa.Column("budget", sa.JSON, nullable=True),
     sa.Column("api_key_id", sa.String(32), nullable=True),
+    sa.Column("trigger_source", sa.String(20), nullable=True),  # added in 0006
     sa.Index("ix_am_runs_tenant_created", "tenant", "created_at"),
+    sa.Index("ix_am_runs_tenant_workflow_created", "tenant", "workflow", "created_at"),
+    sa.Index("ix_am_runs_tenant_status_created", "tenant", "status", "created_at"),
+    sa.Index("ix_am_runs_tenant_trigger_created", "tenant", "trigger_source", "created_at"),
     sa.Index("ix_am_runs_status", "status"),
     sa.Index("ux_am_runs_idempotency", "tenant", "idempotency_key", unique=True),
     sa.Index("ix_am_runs_concurrency", "tenant", "concurrency_key"),
@@ -83,6 +88,8 @@ steps = sa.Table(
     # added in 0003
     sa.Column("cost_usd", sa.Float, nullable=True),
     sa.Column("details", sa.JSON, nullable=True),
+    sa.Column("agent", sa.String(200), nullable=True),  # added in 0006
+    sa.Index("ix_am_steps_finished", "finished_at"),
 )
 
 calls = sa.Table(
@@ -245,4 +252,17 @@ rate_leases = sa.Table(
     sa.Column("key", sa.String(300), nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Index("ix_am_rate_leases_key", "key", "expires_at"),
+)
+
+sessions = sa.Table(
+    "am_sessions",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("key_id", sa.String(32), nullable=True),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_am_sessions_expires", "expires_at"),
 )
