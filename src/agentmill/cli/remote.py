@@ -119,6 +119,7 @@ def step_from_json(run_id: str, body: dict[str, Any]) -> StepRecord:
         finished_at=body.get("finished_at"),
         cost_usd=body.get("cost_usd"),
         details=body.get("details"),
+        agent=body.get("agent"),
     )
 
 

@@ -52,6 +52,8 @@ class CallSpec:
     timeout: float | None
     models: int = 1
     """Models the agent may use (its own plus fallbacks); each gets `retries` retries."""
+    agent_name: str | None = None
+    """The config's name of the agent, recorded on the step (costs are grouped by it)."""
 
 
 class _Context:
@@ -63,7 +65,7 @@ class _Context:
         self,
         emitter: RunEmitter,
         store: Store,
-        request: StepRequest,
+        call: CallSpec,
         *,
         attempt: int,
         started: float,
@@ -72,7 +74,8 @@ class _Context:
     ) -> None:
         self._emitter = emitter
         self._store = store
-        self._request = request
+        self._call = call
+        self._request = call.request
         self._attempt = attempt
         self._started = started
         self._saved = saved
@@ -92,7 +95,7 @@ class _Context:
     async def save(self, **values: Any) -> None:
         self._saved.update(values)
         record = _record(
-            self._request,
+            self._call,
             StepStatus.RUNNING,
             self._attempt,
             started_at=self._started,
@@ -222,7 +225,7 @@ async def _attempt(
     started = time.time()
     kept = {SAVED: dict(saved)} if saved else None
     store.journal.put_step(
-        _record(request, StepStatus.RUNNING, attempt, started_at=started, details=kept)
+        _record(call, StepStatus.RUNNING, attempt, started_at=started, details=kept)
     )
     if attempt > 1:
         # Clients drop the partial output of earlier attempts of this step.
@@ -237,7 +240,7 @@ async def _attempt(
         ),
     )
     context = _Context(
-        emitter, store, request, attempt=attempt, started=started, saved=saved, deadline=deadline
+        emitter, store, call, attempt=attempt, started=started, saved=saved, deadline=deadline
     )
     attempt_request = replace(request, attempt=attempt)
     try:
@@ -255,11 +258,11 @@ async def _attempt(
         # What the step's error, its events and the API show: never an unexpected
         # exception's own text (SQL, parameters), which goes to the log with an id.
         return None, shown_error(exc, log=logger, doing=f"step {request.key} attempt {attempt}")
-    return await _succeed(request, attempt, started, result, store=store, emitter=emitter), None
+    return await _succeed(call, attempt, started, result, store=store, emitter=emitter), None
 
 
 async def _succeed(
-    request: StepRequest,
+    call: CallSpec,
     attempt: int,
     started: float,
     result: StepResult,
@@ -267,9 +270,10 @@ async def _succeed(
     store: Store,
     emitter: RunEmitter,
 ) -> StepRecord:
+    request = call.request
     finished = time.time()
     record = _record(
-        request,
+        call,
         StepStatus.SUCCEEDED,
         attempt,
         started_at=started,
@@ -315,7 +319,7 @@ async def _fail(
     spent: dict[str, Any] = kept.pop(SPENT, None) or {}
     details = {**note.details, **kept} or None
     record = _record(
-        request,
+        call,
         StepStatus.FAILED,
         attempt,
         finished_at=time.time(),
@@ -339,7 +343,8 @@ async def _fail(
     return record
 
 
-def _record(request: StepRequest, status: StepStatus, attempt: int, **values: object) -> StepRecord:
+def _record(call: CallSpec, status: StepStatus, attempt: int, **values: object) -> StepRecord:
+    request = call.request
     return StepRecord(
         run_id=request.run_id,
         key=request.key,
@@ -347,6 +352,7 @@ def _record(request: StepRequest, status: StepStatus, attempt: int, **values: ob
         item_index=request.index,
         status=status,
         attempt=attempt,
+        agent=call.agent_name,
         **values,  # type: ignore[arg-type]
     )
 

@@ -224,6 +224,7 @@ class RunInterpreter:
             backoff=step.backoff,
             timeout=step.timeout or agent_spec.timeout,
             models=models,
+            agent_name=step.agent,
         )
         async with _maybe(self._run_slots), self._drain.call():
             return await run_call(

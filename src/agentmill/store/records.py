@@ -16,7 +16,27 @@ __all__ = [
     "RunStatus",
     "StepRecord",
     "StepStatus",
+    "trigger_source_of",
 ]
+
+TRIGGER_SOURCE_CHARS = 20
+"""The width of `am_runs.trigger_source`."""
+
+
+def trigger_source_of(trigger: Any) -> str:
+    """Where a run came from, as stored in `am_runs.trigger_source` and filtered on:
+    the trigger's `source` (`api`, `github`, `mcp`, `retry`, ...), `cli` for a run with
+    none (started from the command line)."""
+    if isinstance(trigger, str):
+        try:
+            trigger = json.loads(trigger)
+        except ValueError:
+            return "cli"
+    if isinstance(trigger, dict):
+        source: Any = trigger.get("source")  # pyright: ignore[reportUnknownMemberType]
+        if isinstance(source, str) and source:
+            return source[:TRIGGER_SOURCE_CHARS]
+    return "cli"
 
 
 class RunStatus(StrEnum):
@@ -79,6 +99,11 @@ class RunRecord:
     """The API key that started the run (its daily and monthly budgets apply)."""
 
     @property
+    def trigger_source(self) -> str:
+        """`cli`, `api`, `github`, ... (`am_runs.trigger_source`, derived from `trigger`)."""
+        return trigger_source_of(self.trigger)
+
+    @property
     def step_ids(self) -> list[str]:
         """The step ids of the workflow snapshot the run executes, in workflow order."""
         workflow: dict[str, Any] = self.snapshot.get("workflow", {})
@@ -103,6 +128,8 @@ class StepRecord:
     """None when the call was made but its price is unknown, or for steps without a call."""
     details: dict[str, Any] | None = None
     """What the policies did: `cached`, `fallback`, `guard` ..."""
+    agent: str | None = None
+    """The agent the step called; None for approval gates and skipped steps."""
 
 
 class CallStatus(StrEnum):

@@ -92,7 +92,11 @@ class Store:
 
     @reconnecting
     async def create_run(self, run: RunRecord) -> None:
-        values = {**run.__dict__, "status": str(run.status)}
+        values = {
+            **run.__dict__,
+            "status": str(run.status),
+            "trigger_source": run.trigger_source,
+        }
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(runs.insert().values(**values))
@@ -135,17 +139,21 @@ class Store:
         tenant: str = DEFAULT_TENANT,
         status: RunStatus | None = None,
         workflow: str | None = None,
+        trigger_source: str | None = None,
         created_after: float | None = None,
         created_before: float | None = None,
         after: tuple[float, str] | None = None,
         limit: int = 50,
     ) -> list[RunRecord]:
-        """Runs newest first; `after` is the (created_at, id) of the last run of a page."""
+        """Runs newest first; `after` is the (created_at, id) of the last run of a page.
+        Each filter is served by an index (tenant, filter, created_at)."""
         query = sa.select(runs).where(runs.c.tenant == tenant)
         if status is not None:
             query = query.where(runs.c.status == str(status))
         if workflow is not None:
             query = query.where(runs.c.workflow == workflow)
+        if trigger_source is not None:
+            query = query.where(runs.c.trigger_source == trigger_source)
         if created_after is not None:
             query = query.where(runs.c.created_at >= created_after)
         if created_before is not None:
@@ -341,6 +349,7 @@ class Store:
 
 def _run_record(row: Any) -> RunRecord:
     data = dict(row)
+    data.pop("trigger_source", None)  # derived from `trigger`
     data["status"] = RunStatus(data["status"])
     data["cancel_requested"] = bool(data["cancel_requested"])
     data["auto_resume"] = bool(data["auto_resume"])

@@ -92,6 +92,14 @@ async def list_runs(
     principal: Viewer,
     run_status: Annotated[RunStatus | None, Query(alias="status")] = None,
     workflow: Annotated[str | None, Query(max_length=200, pattern=NAME_PATTERN)] = None,
+    trigger: Annotated[
+        str | None,
+        Query(
+            max_length=20,
+            pattern=ID_PATTERN,
+            description="Where runs came from: `cli`, `api`, `github`, `mcp`, `retry`, ...",
+        ),
+    ] = None,
     created_after: Annotated[
         float | None, Query(allow_inf_nan=False, description="Epoch seconds, inclusive")
     ] = None,
@@ -108,6 +116,7 @@ async def list_runs(
         tenant=principal.tenant,
         status=run_status,
         workflow=workflow,
+        trigger_source=trigger,
         created_after=created_after,
         created_before=created_before,
         after=decode_cursor(cursor) if cursor is not None else None,
