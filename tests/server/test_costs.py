@@ -33,7 +33,7 @@ async def test_costs_cover_only_the_callers_tenant(api: Api) -> None:
     assert other.json()["items"] == []
     total = await api.get("/v1/costs", role="viewer", params={"group_by": "tenant"})
     assert [item["group"] for item in total.json()["items"]] == ["acme"]
-    bad = await api.get("/v1/costs", role="viewer", params={"group_by": "model"})
+    bad = await api.get("/v1/costs", role="viewer", params={"group_by": "step"})
     assert bad.status_code == 422
 
 

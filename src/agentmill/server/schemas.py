@@ -19,6 +19,7 @@ from agentmill.store import (
     CostSummary,
     RunRecord,
     RunStatus,
+    SeriesPoint,
     StepRecord,
     StepStatus,
     run_cost,
@@ -32,6 +33,7 @@ __all__ = [
     "CallOut",
     "ConfigProblemOut",
     "CostOut",
+    "CostSeries",
     "CostTotals",
     "InputOut",
     "RetryRequest",
@@ -40,6 +42,7 @@ __all__ = [
     "RunList",
     "RunOut",
     "RunStart",
+    "SeriesPointOut",
     "StepId",
     "StepOut",
     "ValidateRequest",
@@ -137,6 +140,9 @@ class StepOut(_Out):
     details: dict[str, Any] | None = Field(
         default=None, description="What the policies did: cached, fallback, guard, ..."
     )
+    agent: str | None = Field(
+        default=None, description="The agent the step called; null for gates and skips"
+    )
 
     @classmethod
     def from_record(cls, step: StepRecord) -> StepOut:
@@ -154,6 +160,7 @@ class StepOut(_Out):
             finished_at=step.finished_at,
             cost_usd=step.cost_usd,
             details=step.details,
+            agent=step.agent,
         )
 
 
@@ -211,7 +218,9 @@ class CostOut(_Out):
         description="Calls priced from estimated token usage (their provider reported none)",
     )
     complete: bool = Field(description="Whether `usd` covers every call")
-    group: str | None = Field(default=None, description="The workflow or tenant of a total")
+    group: str | None = Field(
+        default=None, description="The workflow, tenant, agent or model of a total"
+    )
 
     @classmethod
     def from_summary(cls, summary: CostSummary) -> CostOut:
@@ -219,12 +228,37 @@ class CostOut(_Out):
 
 
 class CostTotals(_Out):
-    """Spend per workflow or per tenant over a time window."""
+    """Spend per workflow, agent, model or tenant over a time window."""
 
     group_by: str
     since: float | None
     until: float | None
     items: list[CostOut]
+
+
+class SeriesPointOut(_Out):
+    """What one group's calls finished in one bucket cost."""
+
+    bucket_start: float = Field(description="Epoch seconds of the bucket's start (UTC)")
+    group: str
+    usd: float = Field(description="Sum of the calls whose price is known, in US dollars")
+    calls: int
+    unpriced_calls: int = Field(description="Calls of models whose price is unknown")
+    estimated_calls: int = Field(description="Calls priced from estimated token usage")
+
+    @classmethod
+    def from_point(cls, point: SeriesPoint) -> SeriesPointOut:
+        return cls.model_validate(point.to_json())
+
+
+class CostSeries(_Out):
+    """Spend per hour or day and group; buckets without calls are left out."""
+
+    group_by: str
+    bucket: str
+    since: float
+    until: float
+    items: list[SeriesPointOut] = Field(description="Oldest bucket first, then by group")
 
 
 class RunDetail(RunOut):

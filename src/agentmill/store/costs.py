@@ -10,7 +10,7 @@ by that earlier run and is not counted again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,9 +20,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agentmill.store.records import RunRecord, StepRecord, StepStatus
 from agentmill.store.tables import runs, steps
 
-__all__ = ["CostGroup", "CostSummary", "cost_totals", "run_cost", "spend_by_workflow"]
+__all__ = [
+    "UNRECORDED_AGENT",
+    "CostGroup",
+    "CostSummary",
+    "cost_totals",
+    "group_column",
+    "group_name",
+    "run_cost",
+    "run_costs",
+    "spend_by_workflow",
+]
 
-CostGroup = Literal["workflow", "tenant"]
+CostGroup = Literal["workflow", "tenant", "agent", "model"]
+
+UNRECORDED_AGENT = "(unrecorded)"
+"""The agent group of calls recorded before steps kept their agent's name (schema 0006)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +48,7 @@ class CostSummary:
     estimated_calls: int = 0
     """Calls priced from estimated usage (their provider reported none)."""
     group: str | None = None
-    """The workflow or tenant a total belongs to."""
+    """The workflow, tenant, agent or model a total belongs to."""
 
     @property
     def complete(self) -> bool:
@@ -117,6 +130,83 @@ _ESTIMATED = sa.func.coalesce(
 ).label("estimated")
 
 
+def group_column(group_by: CostGroup) -> sa.ColumnElement[Any]:
+    """The column a total or a series is grouped on (charged calls joined with runs)."""
+    if group_by == "workflow":
+        return runs.c.workflow
+    if group_by == "tenant":
+        return runs.c.tenant
+    if group_by == "agent":
+        return steps.c.agent
+    return steps.c.model
+
+
+def group_name(value: Any) -> str:
+    """A group's name as shown: NULL (an agent not recorded) as `UNRECORDED_AGENT`."""
+    return UNRECORDED_AGENT if value is None else str(value)
+
+
+async def run_costs(
+    engine: AsyncEngine, run_ids: Sequence[str], *, tenant: str | None
+) -> dict[str, CostSummary]:
+    """What each of these runs' own calls cost (the rules of `run_cost`), in one grouped
+    query: a page of runs shows its costs without reading every step. Runs of another
+    tenant than `tenant` (None: any) are left out; a run without charged calls costs 0."""
+    if not run_ids:
+        return {}
+    query = (
+        sa.select(runs.c.id, _USD, sa.func.count().label("calls"), _UNPRICED, _ESTIMATED)
+        .select_from(steps.join(runs, runs.c.id == steps.c.run_id))
+        .where(
+            runs.c.id.in_(list(run_ids)),
+            steps.c.status.in_([str(status) for status in _CHARGED]),
+            steps.c.model.is_not(None),
+            sa.or_(steps.c.finished_at.is_(None), steps.c.finished_at >= runs.c.created_at),
+        )
+        .group_by(runs.c.id)
+    )
+    known = sa.select(runs.c.id).where(runs.c.id.in_(list(run_ids)))
+    if tenant is not None:
+        query = query.where(runs.c.tenant == tenant)
+        known = known.where(runs.c.tenant == tenant)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+        found = {str(run_id): CostSummary() for run_id in (await conn.execute(known)).scalars()}
+    for row in rows:
+        found[str(row.id)] = _summary(row)
+    return found
+
+
+def _summary(row: Any, group: str | None = None) -> CostSummary:
+    return CostSummary(
+        group=group,
+        usd=float(row.usd),
+        calls=int(row.calls),
+        unpriced_calls=int(row.unpriced or 0),
+        estimated_calls=int(row.estimated or 0),
+    )
+
+
+def charged_calls() -> sa.Select[Any]:
+    """The calls a spend total counts, joined with their runs (for `store/spend.py`)."""
+    return _charged_calls()
+
+
+def usd_sum() -> sa.Label[Any]:
+    """`usd`: the known spend of the selected calls."""
+    return _USD
+
+
+def unpriced_count() -> sa.Label[Any]:
+    """`unpriced`: how many of the selected calls had no known price."""
+    return _UNPRICED
+
+
+def estimated_count() -> sa.Label[Any]:
+    """`estimated`: how many were priced from estimated usage."""
+    return _ESTIMATED
+
+
 async def spend_by_workflow(engine: AsyncEngine) -> list[tuple[str, str, float, int]]:
     """(tenant, workflow, known usd, unpriced calls) over all time, for metrics."""
     query = (
@@ -137,9 +227,9 @@ async def cost_totals(
     since: float | None = None,
     until: float | None = None,
 ) -> list[CostSummary]:
-    """Totals per workflow or tenant of calls finished in [since, until), most expensive
-    first; `tenant` None covers every tenant (local administration only)."""
-    column = runs.c.workflow if group_by == "workflow" else runs.c.tenant
+    """Totals per workflow, tenant, agent or model of calls finished in [since, until),
+    most expensive first; `tenant` None covers every tenant (local administration only)."""
+    column = group_column(group_by)
     query = (
         _charged_calls()
         .add_columns(
@@ -155,14 +245,5 @@ async def cost_totals(
         query = query.where(steps.c.finished_at < until)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-    totals = [
-        CostSummary(
-            group=str(row.group),
-            usd=float(row.usd),
-            calls=int(row.calls),
-            unpriced_calls=int(row.unpriced or 0),
-            estimated_calls=int(row.estimated or 0),
-        )
-        for row in rows
-    ]
+    totals = [_summary(row, group_name(row.group)) for row in rows]
     return sorted(totals, key=lambda total: (-total.usd, total.group or ""))

@@ -147,6 +147,19 @@ class DeliveryStore:
             row = (await conn.execute(query)).first()
         return None if row is None else _record(row._mapping)
 
+    @reconnecting
+    async def recent(self, *, limit: int = 20) -> list[DeliveryRecord]:
+        """This tenant's deliveries, the most recently received first."""
+        query = (
+            sa.select(deliveries)
+            .where(deliveries.c.tenant == self.tenant)
+            .order_by(deliveries.c.received_at.desc(), deliveries.c.id.desc())
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_record(row._mapping) for row in rows]
+
 
 def _claimed_by(row: DeliveryRecord, claim: DeliveryRecord) -> bool:
     """Whether `row` is `claim`'s own (its insert or takeover committed): the claim time
