@@ -7,6 +7,7 @@ import mimetypes
 import uuid
 from collections.abc import Awaitable, Callable
 from types import ModuleType
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -19,10 +20,11 @@ from agentmill.web.auth import (
     OneTimeToken,
     SignInRequired,
     WebForbidden,
+    safe_next,
     sign_in_url,
     signed_in,
 )
-from agentmill.web.pages import runs, signin
+from agentmill.web.pages import approvals, costs, run, runs, signin, system, workflows
 from agentmill.web.security import SecurityHeaders, is_dashboard_path
 from agentmill.web.templating import STATIC_DIR, render
 
@@ -30,7 +32,7 @@ __all__ = ["PAGES", "install_dashboard"]
 
 logger = logging.getLogger("agentmill.web")
 
-PAGES: tuple[ModuleType, ...] = (signin, runs)
+PAGES: tuple[ModuleType, ...] = (signin, runs, costs, system, run, approvals, workflows)
 """Each page module has a `router`; add a new page here."""
 
 PUBLIC_ASSETS = frozenset({"app.css"})
@@ -94,10 +96,12 @@ def _wrap(app: FastAPI, kind: type[Exception], page: Handler) -> None:
 
 async def _to_sign_in(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SignInRequired)
-    target = sign_in_url(exc.next_url)
     if request.headers.get("hx-request"):
-        return Response(status_code=401, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=303)
+        # A fragment's URL is no place to land: go back to the page that asked for it.
+        page = urlsplit(request.headers.get("hx-current-url", ""))
+        back = safe_next(f"{page.path}?{page.query}" if page.query else page.path)
+        return Response(status_code=401, headers={"HX-Redirect": sign_in_url(back)})
+    return RedirectResponse(sign_in_url(exc.next_url), status_code=303)
 
 
 async def _forbidden_page(request: Request, exc: Exception) -> Response:
