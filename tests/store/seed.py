@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agentmill.store import trigger_source_of
+from agentmill.store import Store, trigger_source_of
 from agentmill.store.tables import runs, steps
 
 
@@ -97,3 +99,22 @@ async def insert_runs(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
 
 async def insert_steps(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None:
     await insert(engine, steps, rows)
+
+
+async def query_plan(store: Store, query: Callable[[], Awaitable[object]]) -> str:
+    """SQLite's plan of the last statement `query` sends, with its parameters."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        sent.append((statement, parameters))
+
+    sync_engine = store.engine.sync_engine
+    event.listen(sync_engine, "before_cursor_execute", record)
+    try:
+        await query()
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", record)
+    statement, parameters = sent[-1]
+    async with store.engine.connect() as conn:
+        rows = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+        return "\n".join(str(row[-1]) for row in rows)

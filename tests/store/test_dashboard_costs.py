@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from agentmill.settings import Settings
 from agentmill.store import (
     UNRECORDED_AGENT,
     Bucket,
@@ -16,7 +17,7 @@ from agentmill.store import (
     run_cost,
     run_costs,
 )
-from tests.store.seed import insert_runs, insert_steps, run_row, step_row
+from tests.store.seed import insert_runs, insert_steps, query_plan, run_row, step_row
 
 DAY = 86400.0
 T0 = 1_765_000_800.0  # 2025-12-06 06:00:00 UTC, on an hour
@@ -138,3 +139,30 @@ async def test_a_retried_runs_copied_checkpoint_is_charged_once(store: Store) ->
     costs = await run_costs(store.engine, ["a", "r"], tenant="acme")
     assert costs["r"].calls == 0
     assert costs["a"].calls == 4
+
+
+async def test_sqlite_reads_a_windows_calls_by_when_they_finished(
+    sqlite_settings: Settings,
+) -> None:
+    store = await Store.open(sqlite_settings.resolved_database_url)
+    try:
+        await insert_runs(store.engine, [run_row(f"r{i}", created_at=i) for i in range(500)])
+        await insert_steps(
+            store.engine, [step_row(f"r{i}", "s", finished_at=i + 1) for i in range(500)]
+        )
+        plans = [
+            await query_plan(
+                store,
+                lambda: cost_series(
+                    store.engine, tenant="acme", group_by="agent", bucket="hour", since=10, until=20
+                ),
+            ),
+            await query_plan(
+                store,
+                lambda: cost_totals(store.engine, group_by="model", tenant="acme", since=10),
+            ),
+        ]
+    finally:
+        await store.close()
+    for plan in plans:
+        assert "USING INDEX ix_am_steps_finished" in plan, plan

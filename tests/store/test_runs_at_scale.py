@@ -8,10 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from agentmill.store import RunRecord, RunStatus, Store
-from tests.store.seed import insert_runs, run_row
+from tests.store.seed import insert_runs, query_plan, run_row
 
 RUNS = 10_000
 T0 = 1_765_000_000.0
@@ -104,25 +103,6 @@ async def test_every_filter_pages_through_exactly_its_runs(
         assert all(len(page) == 500 for page in pages[:-1])
 
 
-async def _plan(store: Store, **filters: Any) -> str:
-    """SQLite's plan of the statement `list_runs` sends, with its parameters."""
-    sent: list[tuple[str, Any]] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        sent.append((statement, parameters))
-
-    sync_engine = store.engine.sync_engine
-    event.listen(sync_engine, "before_cursor_execute", record)
-    try:
-        await store.list_runs(tenant="acme", limit=50, **filters)
-    finally:
-        event.remove(sync_engine, "before_cursor_execute", record)
-    (statement, parameters), *_ = [s for s in sent if "FROM am_runs" in s[0]]
-    async with store.engine.connect() as conn:
-        rows = await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
-        return "\n".join(str(row[-1]) for row in rows)
-
-
 @pytest.mark.parametrize(
     ("filters", "index"),
     [
@@ -141,7 +121,7 @@ async def test_sqlite_answers_each_filter_from_its_index(
     store = await Store.open(sqlite_settings.resolved_database_url)
     try:
         await insert_runs(store.engine, _rows())
-        plan = await _plan(store, **filters)
+        plan = await query_plan(store, lambda: store.list_runs(tenant="acme", limit=50, **filters))
     finally:
         await store.close()
     assert f"USING INDEX {index}" in plan, plan

@@ -25,8 +25,9 @@ from agentmill.store.costs import (
     group_name,
     unpriced_count,
     usd_sum,
+    window_tenant,
 )
-from agentmill.store.tables import runs, steps
+from agentmill.store.tables import steps
 
 __all__ = ["BUCKET_SECONDS", "Bucket", "SeriesPoint", "cost_series"]
 
@@ -113,7 +114,7 @@ async def cost_series(
         .group_by(index, column)
     )
     if tenant is not None:
-        query = query.where(runs.c.tenant == tenant)
+        query = query.where(window_tenant(tenant))
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
     points = [
