@@ -8,7 +8,7 @@ import re
 import httpx
 
 from agentmill.store import RunStatus
-from tests.web.web_client import Web, web  # noqa: F401
+from tests.web.web_client import Web
 
 _ROW = re.compile(r'data-run="([0-9a-f]+)"')
 

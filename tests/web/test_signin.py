@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from agentmill.store.tables import sessions
 from agentmill.web.auth import safe_next
-from tests.web.web_client import Web, csrf_of, web  # noqa: F401
+from tests.web.web_client import Web, csrf_of
 
 
 async def test_pages_and_assets_need_a_session_but_the_sign_in_page(web: Web) -> None:

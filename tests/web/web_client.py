@@ -1,6 +1,6 @@
 """The dashboard in-process (httpx.ASGITransport): signed-in clients per (tenant, role).
 
-Import the fixture into a test module: `from tests.web.web_client import Web, web  # noqa: F401`.
+The fixture `web` is registered by tests/web/conftest.py.
 The app serves tests/server/conftest.py's PROJECT (workflows `echo` and `gated`) with a
 ScriptedModel, on SQLite and PostgreSQL (the `isolated_settings` parameters).
 """
