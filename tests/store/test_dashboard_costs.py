@@ -166,3 +166,19 @@ async def test_sqlite_reads_a_windows_calls_by_when_they_finished(
         await store.close()
     for plan in plans:
         assert "USING INDEX ix_am_steps_finished" in plan, plan
+
+
+async def test_sqlite_finds_a_page_of_runs_by_id_not_by_walking_the_tenant(
+    sqlite_settings: Settings,
+) -> None:
+    """SQLite (no statistics) checked the page's run ids by walking every run of the
+    tenant in a tenant index: 20 ms of the runs page's 45 at 10,000 runs."""
+    store = await Store.open(sqlite_settings.resolved_database_url)
+    try:
+        await insert_runs(store.engine, [run_row(f"r{i}", created_at=i) for i in range(500)])
+        page = [f"r{i}" for i in range(450, 500)]
+        plan = await query_plan(store, lambda: run_costs(store.engine, page, tenant="acme"))
+    finally:
+        await store.close()
+    assert "ix_am_runs_tenant" not in plan, plan
+    assert "(id=?)" in plan, plan
