@@ -35,6 +35,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from agentmill.server.services import Services
+from agentmill.store import RunRecord
 from tests.fakes import ScriptedModel, prompt_of
 
 pytest.importorskip(
@@ -226,6 +227,16 @@ class DashboardServer:
 
         return self.call(submit)
 
+    def wait_finished(self, run_id: str, *, tenant: str = "acme", timeout: float = 60) -> RunRecord:
+        """The run once it has ended (its events followed to the last)."""
+
+        async def finished(services: Services) -> RunRecord:
+            async for _ in services.engine.follow(run_id):
+                pass
+            return await services.engine.store.get_run(run_id, tenant=tenant)
+
+        return self.call(finished, timeout=timeout)
+
     def create_keys(self, tenants: tuple[str, ...], roles: tuple[str, ...]) -> None:
         from agentmill.store.keys import Role
 
@@ -387,7 +398,7 @@ class Pages:
             problems += [f"page {number}: uncaught {e}" for e in watched.errors]
         for context in self.contexts:
             context.close()
-        return problems
+        return list(dict.fromkeys(problems))
 
     def _photograph(self, page: Page, number: int | str) -> None:
         if page.is_closed() or page.url in ("", "about:blank"):

@@ -197,3 +197,50 @@ def test_the_browser_enforces_the_policy(pages: Pages) -> None:
     page.wait_for_function("() => window.__cspViolations.length > 0")
     assert any("script-src" in v for v in watched.csp_violations())
     watched.forget_violations()
+
+
+CANARY = (
+    '<script>window.__xss = 1</script> <img src=x onerror="window.__xss = 2"> '
+    '<a href="javascript:window.__xss = 3">click me</a>'
+)
+"""Model output and tool results are untrusted: this must be shown as text, never run."""
+
+
+def shows_canary_as_text(page: Page) -> None:
+    expect(page.locator("main")).to_contain_text('<img src=x onerror="window.__xss = 2">')
+    assert page.evaluate("() => window.__xss") is None
+    expect(page.locator("img[src='x']")).to_have_count(0)
+    expect(page.locator("a[href^='javascript:' i]")).to_have_count(0)
+    scripts = page.locator("script").evaluate_all("all => all.map(s => s.getAttribute('src'))")
+    assert all(str(src).startswith("/static/") for src in scripts), scripts
+    expect(page.locator("a", has_text="click me")).to_have_count(0)
+
+
+def test_model_output_and_tool_results_render_as_text(
+    dashboard: DashboardServer, page_for: Callable[..., Page]
+) -> None:
+    dashboard.model.reply = lambda prompt: CANARY
+    dashboard.tools.reply = lambda found: f"{CANARY} / {found}"
+    researched = dashboard.start_run("research", {"topic": CANARY})
+    gated = dashboard.start_run("gated", {"topic": "release"})
+    assert dashboard.wait_finished(researched).status == "succeeded"
+    page = page_for("acme", "operator")
+
+    for path in (f"/runs/{researched}", "/approvals", f"/runs/{gated}"):
+        response = page.goto(path)
+        assert response is not None
+        assert response.status == 200, path
+        shows_canary_as_text(page)
+
+
+def test_streamed_model_text_arrives_as_text(
+    dashboard: DashboardServer, page_for: Callable[..., Page]
+) -> None:
+    page = page_for("acme", "operator")
+    dashboard.model.latency = 1.5
+    dashboard.model.reply = lambda prompt: CANARY
+    run_id = dashboard.start_run("echo", {"topic": "news"})
+    page.goto(f"/runs/{run_id}")
+    shows_canary_as_text(page)  # waits for the text: streamed while the page is open
+    dashboard.wait_finished(run_id)
+    shows_canary_as_text(page)
