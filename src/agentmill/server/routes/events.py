@@ -29,7 +29,7 @@ from agentmill.server.services import Services, services
 from agentmill.store import EventRecord, RunRecord
 from agentmill.store.keys import Role
 
-__all__ = ["WS_CLOSE_CODES", "EventOut", "EventPage", "router"]
+__all__ = ["WS_CLOSE_CODES", "EventOut", "EventPage", "router", "stream_events"]
 
 router = APIRouter(tags=["events"])
 
@@ -138,12 +138,19 @@ async def run_events(
     if sse.MEDIA_TYPE not in request.headers.get("accept", "").lower():
         return await _history(app, run_id, after=after, limit=limit)
     start = sse.resume_point(last_event_id, after)
+    return await stream_events(app, run, start, key_id=principal.key_id)
+
+
+async def stream_events(app: Services, run: RunRecord, start: int, *, key_id: str) -> Response:
+    """The event stream of `run` after `start` (or 204 when it has ended for good and there
+    is nothing more), holding one of `key_id`'s stream slots while open; 503 when the
+    server is shutting down. The dashboard's run page streams through it too."""
     _refuse_when_stopping(app)
     if await _nothing_more(app, run, start):
         return Response(status_code=204, headers={"Cache-Control": "no-cache"})
-    app.streams.acquire(principal.key_id)
-    frames = _frames(app, run_id, start)
-    return sse.EventStreamResponse(frames, on_close=lambda: app.streams.release(principal.key_id))
+    app.streams.acquire(key_id)
+    frames = _frames(app, run.id, start)
+    return sse.EventStreamResponse(frames, on_close=lambda: app.streams.release(key_id))
 
 
 async def _history(app: Services, run_id: str, *, after: int, limit: int | None) -> EventPage:
