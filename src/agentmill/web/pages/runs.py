@@ -28,7 +28,7 @@ __all__ = ["PAGE_SIZE", "RunFilters", "router"]
 router = APIRouter()
 
 PAGE_SIZE = 50
-TRIGGERS = ("cli", "api", "github", "mcp", "retry", "schedule", "webhook")
+TRIGGERS = ("cli", "api", "dashboard", "github", "mcp", "retry", "schedule", "webhook")
 
 
 @dataclass(frozen=True, kw_only=True)
