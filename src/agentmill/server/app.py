@@ -107,6 +107,7 @@ def create_app(
     app.router.routes.append(mcp.route())  # the workflows as MCP tools (server/mcp.py)
     for module in (workflows, runs, events, approvals, costs, webhooks, keys):
         app.include_router(module.router, prefix=API_PREFIX, responses=PROBLEM_RESPONSES)
+    app.state.serve_workers = workers  # shown on the dashboard's system page
     install_dashboard(app, ui_token=ui_token)
     return app
 
