@@ -237,6 +237,17 @@ class DashboardServer:
 
         return self.call(finished, timeout=timeout)
 
+    def wait_event(self, run_id: str, kind: str, *, timeout: float = 60) -> None:
+        """Until the run has recorded an event of `kind` (say, approval_requested)."""
+
+        async def seen(services: Services) -> None:
+            async for event in services.engine.follow(run_id):
+                if event.kind == kind:
+                    return
+            raise AssertionError(f"run {run_id} ended without a {kind} event")
+
+        self.call(seen, timeout=timeout)
+
     def create_keys(self, tenants: tuple[str, ...], roles: tuple[str, ...]) -> None:
         from agentmill.store.keys import Role
 

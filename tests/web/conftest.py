@@ -25,6 +25,7 @@ import pytest
 
 from agentmill.settings import Settings
 from tests.servers import free_port
+from tests.web.web_client import web  # noqa: F401  # pyright: ignore[reportUnusedImport] - the in-process fixture
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright
@@ -77,6 +78,9 @@ def playwright_driver(chromium_executable: str) -> Iterator[Playwright]:
 @pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright, chromium_executable: str) -> Iterator[Browser]:
     """Headless Chromium, one per test module; no sandbox as root (it refuses to start)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15_000)  # as the contexts' default: a busy machine is slow
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
     launched = playwright_driver.chromium.launch(
         executable_path=chromium_executable, headless=True, args=args

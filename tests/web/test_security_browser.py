@@ -244,3 +244,36 @@ def test_streamed_model_text_arrives_as_text(
     shows_canary_as_text(page)  # waits for the text: streamed while the page is open
     dashboard.wait_finished(run_id)
     shows_canary_as_text(page)
+
+
+def test_a_viewer_sees_no_action_and_its_posts_are_refused(
+    dashboard: DashboardServer, page_for: Callable[..., Page]
+) -> None:
+    gated = dashboard.start_run("gated", {"topic": "launch"})
+    dashboard.wait_event(gated, "approval_requested")
+    viewer = page_for("acme", "viewer")
+    for path in (*NAV, "/workflows/echo", f"/runs/{gated}"):
+        viewer.goto(path)
+        expect(viewer.locator("form#signout")).to_be_visible()
+        forms = viewer.locator("form[method=post i]").evaluate_all("all => all.map(f => f.id)")
+        assert forms == ["signout"], path
+
+    token = csrf_of(viewer)
+    actions: list[tuple[str, dict[str, str | float | bool]]] = [
+        ("/workflows/echo/runs", {"csrf_token": token, "input.topic": "sneaky"}),
+        (f"/runs/{gated}/cancel", {"csrf_token": token}),
+        (f"/runs/{gated}/approvals/sign-off", {"csrf_token": token, "decision": "approve"}),
+    ]
+    refused = [viewer.request.post(path, form=form, max_redirects=0) for path, form in actions]
+    assert [r.status for r in refused] == [403] * len(refused)
+    runs = dashboard.call(lambda services: services.engine.store.list_runs(tenant="acme"))
+    assert [(r.id, r.status) for r in runs] == [(gated, "running")]
+
+    operator = page_for("acme", "operator")
+    started = operator.request.post(
+        "/workflows/echo/runs",
+        form={"csrf_token": csrf_of(operator), "input.topic": "fine"},
+        max_redirects=0,
+    )
+    assert started.status == 303
+    assert started.headers["location"].startswith("/runs/")

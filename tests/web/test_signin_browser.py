@@ -212,7 +212,7 @@ def test_over_https_the_session_cookie_is_secure(
     assert found.get("sameSite") == "Strict"
 
 
-TTL = 4.0
+TTL = 5.0
 
 
 @pytest.mark.parametrize("dashboard_settings_update", [{"session_ttl": TTL}])
