@@ -11,6 +11,10 @@ from agentmill.store import RunRecord, StepStatus
 from agentmill.store.approvals import ApprovalStatus
 from tests.web.browser import DashboardServer, Pages, expect
 
+NEXT_SWAP = """() => new Promise(done =>
+  document.body.addEventListener("htmx:afterSwap", done, {once: true}))"""
+"""Resolves once htmx has swapped in a polled fragment."""
+
 
 def pending_gate(dashboard: DashboardServer, run_id: str, tenant: str = "acme") -> None:
     async def rows(services: Services) -> list[str]:
@@ -43,7 +47,11 @@ def test_a_gate_appears_live_and_is_approved_from_the_page(
     expect(viewer.locator("button", has_text="Approve")).to_have_count(0)
     pages.snapshot(page, "waiting")
 
-    card.locator('input[name="comment"]').fill("looks right")
+    comment = card.locator('input[name="comment"]')
+    comment.fill("looks right")
+    # the list is swapped by the next poll; the form being filled in is kept as it is
+    page.evaluate(NEXT_SWAP)
+    expect(comment).to_have_value("looks right")
     card.locator("button", has_text="Approve").click()
     expect(page.locator("[role=status]")).to_contain_text(f"Approved sign-off of run {run_id}")
     expect(page.locator("#approvals-pending")).to_contain_text("No gate is waiting")
