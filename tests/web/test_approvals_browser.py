@@ -52,6 +52,7 @@ def test_a_gate_appears_live_and_is_approved_from_the_page(
     # the list is swapped by the next poll; the form being filled in is kept as it is
     page.evaluate(NEXT_SWAP)
     expect(comment).to_have_value("looks right")
+    expect(comment).to_be_focused()
     card.locator("button", has_text="Approve").click()
     expect(page.locator("[role=status]")).to_contain_text(f"Approved sign-off of run {run_id}")
     expect(page.locator("#approvals-pending")).to_contain_text("No gate is waiting")
