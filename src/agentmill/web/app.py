@@ -35,7 +35,7 @@ logger = logging.getLogger("agentmill.web")
 PAGES: tuple[ModuleType, ...] = (signin, runs, costs, system, run, approvals, workflows)
 """Each page module has a `router`; add a new page here."""
 
-PUBLIC_ASSETS = frozenset({"app.css"})
+PUBLIC_ASSETS = frozenset({"app.css", "favicon.svg"})
 """Assets the sign-in page needs; every other asset is served to signed-in browsers only."""
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
