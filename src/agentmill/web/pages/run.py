@@ -43,7 +43,6 @@ async def run_page(
 ) -> Response:
     engine = services(request).engine
     tenant = user.principal.tenant
-    await engine.store.get_run(run_id, tenant=tenant)  # another tenant's run: 404
     gates = await engine.approvals(tenant=tenant, run_id=run_id, status=ApprovalStatus.PENDING)
     view = await read_run(engine.store, run_id, tenant=tenant, gates=gates)
     template = FRAGMENTS[fragment] if fragment else "run.html"

@@ -127,8 +127,8 @@ def diff_lines(patch: str) -> list[DiffLine]:
 async def read_run(store: Store, run_id: str, *, tenant: str, gates: Iterable[ApprovalRecord]
                    ) -> RunView:  # fmt: skip
     """The run page's content as of the run's last event (another tenant's run: 404)."""
+    await store.journal.commit()  # events (and run updates) of runs here may be queued
     run = await store.get_run(run_id, tenant=tenant)
-    await store.journal.commit()  # events of runs executing here may still be queued
     last_seq = await store.last_seq(run_id)
     records = await store.steps(run_id)
     calls = await store.calls(run_id)

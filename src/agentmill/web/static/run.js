@@ -200,8 +200,8 @@
     step_tool_result: onToolResult,
     approval_requested: reloadOnce, // the gate's form comes with the page
     approval_decided: onDecided,
-    run_finished: refreshSummary,
-    run_interrupted: refreshSummary,
+    run_finished: (event) => { onRunStatus(String(event.data.status || "")); refreshSummary(); },
+    run_interrupted: () => { onRunStatus("interrupted"); refreshSummary(); },
   };
 
   function receive(message) {
