@@ -4,6 +4,7 @@ budgets and how much of each is used, names escaped, the live fragment."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import time
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from agentmill.settings import Settings
+from agentmill.store import StepRecord
 from agentmill.store.keys import Role
 from agentmill.web.charts import format_amount
 from tests.store.seed import insert_runs, insert_steps, run_row, step_row
@@ -38,6 +40,11 @@ workflows:
   mystery:
     steps:
       - {id: guess, agent: guesser, prompt: "guess"}
+  gated:
+    budget: {usd: 3}
+    steps:
+      - {id: draft, agent: writer, prompt: "draft"}
+      - {id: sign-off, needs: [draft], approval: {prompt: "Go?", timeout: 1h}}
 """
 
 PLAIN = """
@@ -72,6 +79,12 @@ def totals(page: str) -> dict[str, tuple[str, int, int]]:
 def bar_titles(page: str) -> list[str]:
     found = re.findall(r'<rect class="chart-bar[^"]*"[^>]*><title>(.*?)</title>', page)
     return [html.unescape(title) for title in found]
+
+
+def meter_labels(page: str) -> set[str]:
+    """What each budget meter says: "name: $x of $y (z%)"."""
+    found = re.findall(r'<svg[^>]*class="meter [^"]*"[^>]*aria-label="([^"]*)"', page)
+    return {html.unescape(label) for label in found}
 
 
 async def run_usd(client: httpx.AsyncClient, site: WebApp, run_id: str) -> float:
@@ -212,10 +225,7 @@ async def test_budgets_show_how_much_of_each_is_used(site: WebApp) -> None:
     )
     key_id = limited.split("_")[1]
 
-    meters = {
-        html.unescape(label)
-        for label in re.findall(r'<svg[^>]*class="meter [^"]*"[^>]*aria-label="([^"]*)"', page)
-    }
+    meters = meter_labels(page)
     key_meter = f"{format_amount(usd, '$')} of $1.00 ({usd * 100:.0f}%)"
     assert f"API key {key_id} daily budget: {key_meter}" in meters
     (tenant,) = [m for m in meters if m.startswith("tenant 'acme' daily budget: ")]
@@ -255,3 +265,31 @@ async def test_the_live_fragment_is_the_chart_and_tables_alone(site: WebApp) -> 
     assert set(totals(fragment.text)) == {"writer"}
     signed_out = await site.client().get("/costs?fragment=live", headers={"HX-Request": "true"})
     assert signed_out.status_code == 401
+
+
+async def test_a_running_runs_budget_is_shown_while_it_runs(site: WebApp) -> None:
+    secret = site.keys[("acme", "operator")]
+    started = await site.client().post(
+        "/v1/runs",
+        json={"workflow": "gated", "inputs": {}},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    run_id = started.json()["id"]
+    store = site.services.engine.store
+    steps: dict[str, StepRecord] = {}
+    for _ in range(400):  # until the draft's cost is settled and the gate waits
+        steps = {step.key: step for step in await store.steps(run_id)}
+        if "sign-off" in steps and steps["draft"].cost_usd is not None:
+            break
+        await asyncio.sleep(0.05)
+    usd = steps["draft"].cost_usd or 0.0
+    assert usd > 0
+    viewer = await site.signed_in("acme", "viewer")
+    page = (await viewer.get("/costs")).text
+    name = f"workflow 'gated' per-run budget (run {run_id})"
+    label = f"{name}: {format_amount(usd, '$')} of $3.00 ({usd / 3 * 100:.0f}%)"
+    assert label in meter_labels(page)
+    await site.services.engine.cancel(run_id, tenant="acme")
+    await asyncio.wait_for(site.services.engine.wait(run_id), 30)
+    page = (await viewer.get("/costs")).text
+    assert not any(label.startswith(name) for label in meter_labels(page))  # while it runs
