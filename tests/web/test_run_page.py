@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import html
 import json
 import re
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 from pydantic_ai.exceptions import ModelHTTPError
 
+from agentmill.server.auth import Principal
 from agentmill.store import EventRecord, RunStatus
-from agentmill.store.approvals import ApprovalStatus
-from agentmill.web.pages.run_view import diff_lines, panel_id, streamed_text
+from agentmill.store.approvals import ApprovalRecord, ApprovalStatus
+from agentmill.store.keys import Role
+from agentmill.web.auth import WebUser
+from agentmill.web.pages.run import gate_url
+from agentmill.web.pages.run_view import StepPanel, as_text, diff_lines, panel_id, streamed_text
+from agentmill.web.templating import _environment  # pyright: ignore[reportPrivateUsage]
 from tests.web.web_client import Web
 
 CANARY = '<script>alert(1)</script><img src=x onerror=alert(2)><a href="javascript:alert(3)">x</a>'
@@ -332,3 +341,58 @@ def test_streamed_text_keeps_only_the_latest_attempt() -> None:
 )  # fmt: skip
 def test_diff_lines_are_classified(line: str, kind: str) -> None:
     assert [d.kind for d in diff_lines(line)] == [kind]
+
+
+async def test_a_cli_steps_diff_is_shown_as_coloured_text(web: Web) -> None:
+    run_id = await web.start("echo", {"topic": "x"})
+    await finished(web, run_id)
+    store = web.services.engine.store
+    draft = next(step for step in await store.steps(run_id) if step.key == "draft")
+    patch = (
+        "diff --git a/x b/x\n--- a/x\n+++ b/x\n@@ -1 +1 @@\n"
+        "-<script>old()</script>\n+<img src=x onerror=alert(1)>\n same"
+    )
+    diff = {"files": ["x"], "stat": "1 file changed", "patch": patch, "truncated": False}
+    store.journal.put_step(dataclasses.replace(draft, details={"diff": diff}))
+    await store.journal.commit()
+    client = await web.signed_in("acme", "viewer")
+    page = (await client.get(f"/runs/{run_id}")).text
+    assert '<span class="diff-del">-&lt;script&gt;old()&lt;/script&gt;</span>' in page
+    assert '<span class="diff-add">+&lt;img src=x onerror=alert(1)&gt;</span>' in page
+    assert '<span class="diff-hunk">@@ -1 +1 @@</span>' in page
+    assert '<span class="diff-ctx"> same</span>' in page
+    assert "1 file changed" in page
+
+
+async def test_a_tool_call_gate_is_posted_to_its_encoded_id(web: Web) -> None:
+    run_id = await web.start("gated", {})
+    await pending_gate(web, run_id)
+    client = await web.signed_in()
+    response = await client.post(
+        f"/runs/{run_id}/approvals/{quote('draft#t1.1', safe='')}",
+        data={"csrf_token": await csrf(client, run_id), "decision": "approve"},
+    )
+    assert response.status_code in (404, 409)
+    assert "draft#t1.1" in html.unescape(response.text)  # the engine's answer, not a routing 404
+
+
+def test_a_tool_call_gate_shows_tool_arguments_reason_and_an_arguments_field() -> None:
+    gate = ApprovalRecord(
+        run_id="r1", step_id="look#t1.1", tenant="acme", status=ApprovalStatus.PENDING,
+        prompt="Run lookup?", on_timeout="reject", created_at=0.0, expires_at=3600.0,
+        tool="lookup", arguments={"query": CANARY}, reason=CANARY,
+    )  # fmt: skip
+    panel = StepPanel(key="look", step_id="look", state="waiting", gates=[gate])
+    user = WebUser(
+        principal=Principal(key_id="k", tenant="acme", role=Role.OPERATOR),
+        csrf="token", token="t", key_id="k",
+    )  # fmt: skip
+    rendered = _environment().get_template("_run_step.html").render(
+        panel=panel, run=SimpleNamespace(id="r1"), user=user, may_operate=True,
+        csrf_field="csrf_token", as_text=as_text, gate_url=gate_url,
+    )  # fmt: skip
+    assert 'action="/runs/r1/approvals/look%23t1.1"' in rendered
+    assert '<dd class="gate-tool">lookup</dd>' in rendered
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered
+    assert "<script>" not in rendered
+    assert 'name="arguments"' in rendered
