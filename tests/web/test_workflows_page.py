@@ -202,6 +202,24 @@ async def test_submitting_the_same_form_twice_starts_one_run(web: Web) -> None:
     assert third.headers["location"] != first.headers["location"]
 
 
+async def test_the_same_form_sent_again_with_other_values_is_renewed(web: Web) -> None:
+    client = await web.signed_in("acme", "operator")
+    _, hidden = await form_of(client, "echo")
+    first = await client.post("/workflows/echo/runs", data=hidden | {"input.topic": "one"})
+    run_id = first.headers["location"].removeprefix("/runs/")
+    changed = await client.post("/workflows/echo/runs", data=hidden | {"input.topic": "two"})
+    assert changed.status_code == 409
+    assert f"this form already started run {run_id} with other values" in changed.text
+    assert 'name="input.topic" value="two"' in changed.text
+    renewed = re.search(r'name="idempotency_key" value="([^"]+)"', changed.text)
+    assert renewed is not None
+    assert renewed.group(1) != hidden["idempotency_key"]
+    again = hidden | {"idempotency_key": renewed.group(1), "input.topic": "two"}
+    second = await client.post("/workflows/echo/runs", data=again)
+    assert second.status_code == 303
+    assert len(await web.services.engine.store.list_runs(tenant="acme")) == 2
+
+
 async def test_a_viewer_sees_no_form_and_cannot_start(web: Web) -> None:
     viewer = await web.signed_in("acme", "viewer")
     page = (await viewer.get("/workflows/echo")).text

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import RedirectResponse
 
-from agentmill.errors import InputError, NotFoundError
+from agentmill.errors import InputError, InvalidStateError, NotFoundError
 from agentmill.server.schemas import NAME_PATTERN
 from agentmill.server.services import Services, services
 from agentmill.spec.models import InputSpec, ProjectSpec, StepSpec, TriggerSpec, WorkflowSpec
@@ -102,6 +102,15 @@ async def start_run(request: Request, user: CsrfChecked, name: WorkflowName) -> 
         )
     except InputError as exc:
         return await _form_page(request, user, name, typed=typed, error=str(exc), status=422)
+    except InvalidStateError:
+        earlier = await app.engine.store.run_by_idempotency_key(user.principal.tenant, key)
+        if earlier is None:
+            raise
+        message = (
+            f"this form already started run {earlier.id} with other values; "
+            "it is renewed: submit it again to start another run"
+        )
+        return await _form_page(request, user, name, typed=typed, error=message, status=409)
     return RedirectResponse(f"/runs/{run.id}", status_code=303)
 
 
