@@ -6,6 +6,7 @@ the values typed), started once per form, refused to viewers and to forms withou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -200,6 +201,18 @@ async def test_submitting_the_same_form_twice_starts_one_run(web: Web) -> None:
     assert again["idempotency_key"] != hidden["idempotency_key"]
     third = await client.post("/workflows/echo/runs", data=again | {"input.topic": "once"})
     assert third.headers["location"] != first.headers["location"]
+
+
+async def test_two_submits_of_one_form_at_once_start_one_run(web: Web) -> None:
+    client = await web.signed_in("acme", "operator")
+    _, hidden = await form_of(client, "echo")
+    form = hidden | {"input.topic": "race"}
+    answers = await asyncio.gather(
+        *(client.post("/workflows/echo/runs", data=form) for _ in range(4))
+    )
+    assert {answer.status_code for answer in answers} == {303}
+    assert len({answer.headers["location"] for answer in answers}) == 1
+    assert len(await web.services.engine.store.list_runs(tenant="acme")) == 1
 
 
 async def test_the_same_form_sent_again_with_other_values_is_renewed(web: Web) -> None:
