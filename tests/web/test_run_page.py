@@ -331,7 +331,7 @@ def test_streamed_text_keeps_only_the_latest_attempt() -> None:
             event(5, "step_output", 2, "text"),
         ]
     )
-    assert found == {"draft": "new text"}
+    assert found == {"draft": (2, "new text")}
 
 
 @pytest.mark.parametrize(

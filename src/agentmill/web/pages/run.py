@@ -10,6 +10,7 @@ answered by a redirect (Post/Redirect/Get).
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -21,7 +22,7 @@ from agentmill.server import sse
 from agentmill.server.routes.events import stream_events
 from agentmill.server.schemas import NAME_PATTERN, RunId
 from agentmill.server.services import services
-from agentmill.store.approvals import ApprovalStatus
+from agentmill.store.approvals import ApprovalRecord, ApprovalStatus
 from agentmill.store.keys import Role
 from agentmill.web.auth import CsrfChecked, SignedIn, require_web_role
 from agentmill.web.pages.run_view import StepPanel, as_text, read_run
@@ -43,7 +44,10 @@ async def run_page(
 ) -> Response:
     engine = services(request).engine
     tenant = user.principal.tenant
-    gates = await engine.approvals(tenant=tenant, run_id=run_id, status=ApprovalStatus.PENDING)
+
+    def gates() -> Awaitable[list[ApprovalRecord]]:
+        return engine.approvals(tenant=tenant, run_id=run_id, status=ApprovalStatus.PENDING)
+
     view = await read_run(engine.store, run_id, tenant=tenant, gates=gates)
     template = FRAGMENTS[fragment] if fragment else "run.html"
     return render(

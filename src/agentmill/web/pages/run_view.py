@@ -9,9 +9,10 @@ steps streamed so far is rebuilt from their `step_output` events up to N.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,17 +125,19 @@ def diff_lines(patch: str) -> list[DiffLine]:
     return lines
 
 
-async def read_run(store: Store, run_id: str, *, tenant: str, gates: Iterable[ApprovalRecord]
-                   ) -> RunView:  # fmt: skip
-    """The run page's content as of the run's last event (another tenant's run: 404)."""
+async def read_run(
+    store: Store, run_id: str, *, tenant: str, gates: Callable[[], Awaitable[list[ApprovalRecord]]]
+) -> RunView:
+    """The run page's content as of the run's last event (another tenant's run: 404);
+    `gates` reads its pending approvals (after that event, like the steps)."""
     await store.journal.commit()  # events (and run updates) of runs here may be queued
     run = await store.get_run(run_id, tenant=tenant)
     last_seq = await store.last_seq(run_id)
-    records = await store.steps(run_id)
-    calls = await store.calls(run_id)
+    records, calls, pending = await asyncio.gather(
+        store.steps(run_id), store.calls(run_id), gates()
+    )
     running = [r.key for r in records if r.status is StepStatus.RUNNING]
     streamed = await _streamed_text(store, run_id, last_seq) if running else {}
-    pending = list(gates)
     workflow = WorkflowSpec.model_validate(run.snapshot["workflow"])
     panels = _panels(workflow.steps, records, calls, pending, streamed)
     waiting = {gate.step_id.split("#")[0].split("[")[0] for gate in pending if gate.tool}
@@ -155,13 +158,13 @@ async def read_run(store: Store, run_id: str, *, tenant: str, gates: Iterable[Ap
     )
 
 
-async def _streamed_text(store: Store, run_id: str, last_seq: int) -> dict[str, str]:
-    """Per step key, the text its latest attempt streamed in events up to `last_seq`."""
+async def _streamed_text(store: Store, run_id: str, last_seq: int) -> dict[str, tuple[int, str]]:
+    """Per step key, its latest attempt and the text it streamed in events up to `last_seq`."""
     found = await store.events(run_id, limit=last_seq) if last_seq else []
     return streamed_text(found)
 
 
-def streamed_text(events: Iterable[EventRecord]) -> dict[str, str]:
+def streamed_text(events: Iterable[EventRecord]) -> dict[str, tuple[int, str]]:
     attempts: dict[str, int] = {}
     chunks: defaultdict[str, list[str]] = defaultdict(list)
     for event in events:
@@ -172,7 +175,7 @@ def streamed_text(events: Iterable[EventRecord]) -> dict[str, str]:
             chunks[event.step] = []
         if event.kind == "step_output" and event.attempt == attempts[event.step]:
             chunks[event.step].append(str(event.data.get("text", "")))
-    return {key: "".join(parts) for key, parts in chunks.items()}
+    return {key: (attempts[key], "".join(parts)) for key, parts in chunks.items()}
 
 
 def _panels(
@@ -180,7 +183,7 @@ def _panels(
     records: Sequence[StepRecord],
     calls: Sequence[CallRecord],
     gates: Sequence[ApprovalRecord],
-    streamed: dict[str, str],
+    streamed: dict[str, tuple[int, str]],
 ) -> list[StepPanel]:
     by_step: defaultdict[str, list[StepRecord]] = defaultdict(list)
     for record in records:
@@ -191,7 +194,7 @@ def _panels(
         if not found:
             panels.append(StepPanel(key=step.id, step_id=step.id, state="pending",
                                     agent=step.agent))  # fmt: skip
-        panels += [_panel(record, streamed.get(record.key, "")) for record in found]
+        panels += [_panel(record, streamed.get(record.key)) for record in found]
     by_key = {panel.key: panel for panel in panels}
     for call in calls:
         if call.step in by_key:
@@ -204,8 +207,11 @@ def _panels(
     return panels
 
 
-def _panel(record: StepRecord, streamed: str) -> StepPanel:
+def _panel(record: StepRecord, streamed: tuple[int, str] | None) -> StepPanel:
+    """A step's panel; a running step shows what its attempt streamed up to the page's
+    sequence number (nothing when that attempt started after it: its events follow)."""
     running = record.status is StepStatus.RUNNING
+    so_far = streamed[1] if streamed is not None and streamed[0] == record.attempt else ""
     ended, began = record.finished_at, record.started_at
     panel = StepPanel(
         key=record.key,
@@ -219,7 +225,7 @@ def _panel(record: StepRecord, streamed: str) -> StepPanel:
         tokens=tokens_of(record.usage),
         cost=record.cost_usd,
         error=record.error,
-        output=streamed if running else as_text(record.output),
+        output=so_far if running else as_text(record.output),
     )
     diff = (record.details or {}).get("diff")
     if isinstance(diff, dict):
