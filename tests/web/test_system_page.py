@@ -40,8 +40,10 @@ NOW = time.time()
 @pytest.fixture
 async def site(isolated_settings: Settings) -> AsyncIterator[WebApp]:
     """An API-only server (no worker of its own: nothing adopts the rows a test writes),
-    heartbeats every 20 s (stale after 60 s)."""
-    settings = isolated_settings.model_copy(update={"heartbeat_interval": 20.0})
+    heartbeats every 20 s (stale after 60 s); acme is the metrics tenant (its admins run the
+    platform), globex an ordinary tenant."""
+    update = {"heartbeat_interval": 20.0, "metrics_tenant": "acme"}
+    settings = isolated_settings.model_copy(update=update)
     async with dashboard_app(settings, PROJECT, workers=0) as opened:
         yield opened
 
@@ -93,6 +95,16 @@ async def test_an_admin_sees_every_worker_its_heartbeat_and_the_queue(site: WebA
     assert stat(page, "tenant-queued") == 1
     assert stat(page, "tenant-running") == 2
     assert "none (API only)" in page
+
+
+async def test_another_tenants_admin_sees_only_its_tenants_part(site: WebApp) -> None:
+    await seed_workers(site)
+    globex = await site.signed_in("globex", "admin")
+    page = (await globex.get("/system")).text
+    assert worker_rows(page) == {}
+    for hidden in ("w-fresh", "w-stale", "host-a", "queue-depth", "Executor id"):
+        assert hidden not in page
+    assert stat(page, "tenant-queued") == 2
 
 
 @pytest.mark.parametrize("role", ["viewer", "operator"])
@@ -157,7 +169,7 @@ async def test_version_schema_and_database_are_shown(site: WebApp) -> None:
 async def test_the_database_password_is_never_shown(fresh_pg_url: str, tmp_path: Path) -> None:
     url = fresh_pg_url.replace("postgresql://postgres@", "postgresql://postgres:s3cret-pw@")
     assert "s3cret-pw" in url  # trust authentication: any password opens the database
-    settings = Settings(home=tmp_path / ".agentmill", database_url=url)
+    settings = Settings(home=tmp_path / ".agentmill", database_url=url, metrics_tenant="acme")
     async with dashboard_app(settings, PROJECT, workers=0) as site:
         for role in ("viewer", "admin"):
             client = await site.signed_in("acme", role)
@@ -174,7 +186,9 @@ async def test_the_database_password_is_never_shown(fresh_pg_url: str, tmp_path:
 async def test_a_running_runs_worker_and_heartbeat_are_shown_to_admins(
     isolated_settings: Settings,
 ) -> None:
-    settings = isolated_settings.model_copy(update={"heartbeat_interval": 5.0})
+    settings = isolated_settings.model_copy(
+        update={"heartbeat_interval": 5.0, "metrics_tenant": "acme"}
+    )
     async with dashboard_app(settings, PROJECT, workers=4) as site:
         response = await (await site.signed_in("acme", "operator")).get("/system")
         assert worker_rows(response.text) == {}

@@ -1,9 +1,10 @@
 """The system page: workers and their heartbeats, the queue, the tenant's recent webhook
 deliveries, the database in use, the version and this server's settings that matter.
 
-Workers and the queue are shared by every tenant and show their load, so only admins see
-them (with the database's URL, password hidden); viewers and operators see their own
-tenant's part: its deliveries, how many of its runs workers execute and how many wait.
+Workers and the queue are shared by every tenant and show their load, so only admins of
+the metrics tenant (those who run the platform, like /metrics) see them, with the
+database's URL (password hidden); everyone else sees their own tenant's part: its
+deliveries, how many of its runs workers execute and how many wait.
 The live part polls every 5 s (htmx).
 """
 
@@ -19,8 +20,8 @@ from agentmill.engine.liveness import HEARTBEAT_GRACE
 from agentmill.server.services import Services, services
 from agentmill.store import WorkerInfo, database_in_use, queue_depth, recent_deliveries, workers
 from agentmill.store.db import SCHEMA_REVISION
-from agentmill.store.keys import Role
 from agentmill.web.auth import SignedIn
+from agentmill.web.pages.costs import may_see_all_tenants
 from agentmill.web.templating import render
 
 __all__ = ["DELIVERIES_SHOWN", "router"]
@@ -37,7 +38,7 @@ async def system_page(
     fragment: Annotated[str | None, Query(pattern="^live$")] = None,
 ) -> Response:
     app = services(request)
-    admin = user.may(Role.ADMIN)
+    admin = may_see_all_tenants(user, app.settings.metrics_tenant)
     context = await _live(app, user.principal.tenant, admin=admin)
     context.update(admin=admin, about=_about(request, app, admin=admin))
     template = "_system_live.html" if fragment else "system.html"
