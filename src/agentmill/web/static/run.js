@@ -128,13 +128,17 @@
     });
     setState(event.step, "running");
   }
-  function onToolCall(event) {
+  function onCliTool(event) {
+    // A command-line agent's own tool use: a row of its own (no call id, no result).
+    onToolCall({ step: event.step, data: { call: "", name: event.data.tool, args: "" } }, "cli tool", "used");
+  }
+  function onToolCall(event, kind, status) {
     const panel = panelOf(event.step);
     if (!panel) return;
     const row = document.createElement("tr");
-    row.className = "call status-running";
+    row.className = "call status-" + (status || "running");
     row.dataset.call = String(event.data.call);
-    const cells = [event.data.call, "tool", event.data.name, "running", null, "", ""];
+    const cells = [event.data.call, kind || "tool", event.data.name, status || "running", null, "", ""];
     cells.forEach((text, index) => {
       const cell = document.createElement("td");
       if (index === 4) {
@@ -196,7 +200,8 @@
     step_retrying: onRetrying,
     step_skipped: (event) => setState(event.step, "skipped"),
     step_blocked: (event) => setState(event.step, "skipped"),
-    step_tool_call: onToolCall,
+    step_tool_call: (event) => onToolCall(event),
+    step_tool: onCliTool,
     step_tool_result: onToolResult,
     approval_requested: reloadOnce, // the gate's form comes with the page
     approval_decided: onDecided,
@@ -237,7 +242,7 @@
   });
 
   const source = new EventSource(root.dataset.stream);
-  Object.keys(handlers).concat(["step_tool", "step_stderr", "step_waiting", "run_queued",
+  Object.keys(handlers).concat(["step_stderr", "step_waiting", "run_queued",
     "step_session", "step_tool_output"]).forEach((kind) => source.addEventListener(kind, receive));
   source.addEventListener("open", () => { root.dataset.stream_state = "open"; });
   source.addEventListener("error", () => {
