@@ -17,6 +17,8 @@ SCRIPTS = [
     "bench_webhook",
     "bench_sse",
     "bench_api",
+    "dashboard_pages",
+    "dashboard_live",
     "bench_cache",
     "bench_budget",
     "bench_ratelimit",
