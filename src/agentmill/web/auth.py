@@ -106,6 +106,13 @@ def _user(session: Session, token: str) -> WebUser:
 
 
 def _requested(request: Request) -> str:
+    """Where to go back after signing in: the page itself, or for a form posted to an
+    action (no page to GET) the page of this site the form was on."""
+    if request.method not in ("GET", "HEAD"):
+        page = urlsplit(request.headers.get("referer", ""))
+        if page.netloc not in _hosts(request) or not page.path:
+            return "/"
+        return safe_next(f"{page.path}?{page.query}" if page.query else page.path)
     path = request.url.path
     return f"{path}?{request.url.query}" if request.url.query else path
 
@@ -136,9 +143,12 @@ def _check_origin(request: Request) -> None:
     origin = request.headers.get("origin")
     if origin is None:
         return
-    hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
-    if origin == "null" or urlsplit(origin).netloc not in hosts:
+    if origin == "null" or urlsplit(origin).netloc not in _hosts(request):
         raise WebForbidden("this request came from another site and was refused")
+
+
+def _hosts(request: Request) -> set[str | None]:
+    return {request.headers.get("host"), request.headers.get("x-forwarded-host")}
 
 
 CsrfChecked = Annotated[WebUser, Depends(check_csrf)]

@@ -55,7 +55,10 @@ class RunFilters:
 def _day_start(day: dt.date | None, *, days: int = 0) -> float | None:
     if day is None:
         return None
-    moment = dt.datetime.combine(day, dt.time(), dt.UTC) + dt.timedelta(days=days)
+    try:
+        moment = dt.datetime.combine(day, dt.time(), dt.UTC) + dt.timedelta(days=days)
+    except OverflowError:  # the day after 9999-12-31: no bound
+        return None
     return moment.timestamp()
 
 
