@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import uvicorn
+
+from agentmill.server import sse
 from tests.web.web_client import Web, csrf_of
+
+SSE = {"Accept": "text/event-stream"}
 
 
 async def test_a_date_filter_at_the_end_of_the_calendar_is_no_internal_error(web: Web) -> None:
@@ -29,3 +40,63 @@ async def test_a_form_posted_after_the_session_ended_signs_in_back_to_its_page(w
         "/approvals/decide", headers={"Referer": "https://evil.example/runs/x"}
     )
     assert elsewhere.headers["location"] == "/login"
+
+
+@pytest.fixture
+async def served(web: Web) -> AsyncIterator[str]:
+    """The `web` app (already started) served over real HTTP on a free port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(web.app, lifespan="off", log_config=None, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        assert not serving.done(), serving.exception()
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    web.services.shutting_down.set()
+    server.should_exit = True
+    await serving
+
+
+async def _sign_in(client: httpx.AsyncClient, key: str) -> str:
+    form = await client.get("/login")
+    response = await client.post("/login", data={"key": key, "csrf_token": csrf_of(form.text)})
+    assert response.status_code == 303, response.text
+    return csrf_of((await client.get("/")).text)
+
+
+async def _waiting_run(web: Web) -> str:
+    run_id = await web.start("gated", {"topic": "x"})
+    async with asyncio.timeout(20):
+        while not await web.services.engine.approvals(tenant="acme", run_id=run_id):
+            await asyncio.sleep(0.05)
+    return run_id
+
+
+@pytest.mark.parametrize("how", ["sign-out", "revoke"])
+async def test_an_open_run_stream_ends_with_its_session(
+    web: Web, served: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setattr(sse, "KEEPALIVE_SECONDS", 0.05)
+    run_id = await _waiting_run(web)  # its stream stays open while the gate waits
+    key = web.keys[("acme", "operator")]
+    async with httpx.AsyncClient(base_url=served, timeout=10) as client:
+        token = await _sign_in(client, key)
+        stream = client.stream("GET", f"/runs/{run_id}/stream", headers=SSE)
+        async with stream as response:
+            assert response.status_code == 200
+            lines = response.aiter_lines()
+            async with asyncio.timeout(10):
+                while (await anext(lines)) != "event: approval_requested":
+                    pass
+            if how == "sign-out":
+                await client.post("/logout", data={"csrf_token": token})
+            else:
+                found = await web.services.keys.verify(key)
+                assert found is not None
+                await web.services.keys.revoke(found.id, tenant="acme")
+            async with asyncio.timeout(10):  # a guard against hanging, not a timing
+                rest = [line async for line in lines]
+    assert "event: run_finished" not in rest
+    assert web.services.streams._open == {}  # pyright: ignore[reportPrivateUsage]

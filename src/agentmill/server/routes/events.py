@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, WebSocket
@@ -141,15 +142,23 @@ async def run_events(
     return await stream_events(app, run, start, key_id=principal.key_id)
 
 
-async def stream_events(app: Services, run: RunRecord, start: int, *, key_id: str) -> Response:
+async def stream_events(
+    app: Services,
+    run: RunRecord,
+    start: int,
+    *,
+    key_id: str,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
+) -> Response:
     """The event stream of `run` after `start` (or 204 when it has ended for good and there
     is nothing more), holding one of `key_id`'s stream slots while open; 503 when the
-    server is shutting down. The dashboard's run page streams through it too."""
+    server is shutting down. The dashboard's run page streams through it too, ended by
+    `still_allowed` (asked every keepalive interval) once its session has ended."""
     _refuse_when_stopping(app)
     if await _nothing_more(app, run, start):
         return Response(status_code=204, headers={"Cache-Control": "no-cache"})
     app.streams.acquire(key_id)
-    frames = _frames(app, run.id, start)
+    frames = _frames(app, run.id, start, still_allowed)
     return sse.EventStreamResponse(frames, on_close=lambda: app.streams.release(key_id))
 
 
@@ -181,11 +190,19 @@ def _refuse_when_stopping(app: Services) -> None:
         )
 
 
-async def _frames(app: Services, run_id: str, after: int) -> AsyncIterator[bytes]:
+async def _frames(
+    app: Services, run_id: str, after: int, still_allowed: Callable[[], Awaitable[bool]] | None
+) -> AsyncIterator[bytes]:
     events = app.engine.follow(run_id, after=after)
-    stream = sse.until_stopped(events, stop=app.shutting_down, tick=sse.KEEPALIVE_SECONDS)
+    tick = sse.KEEPALIVE_SECONDS
+    stream = sse.until_stopped(events, stop=app.shutting_down, tick=tick)
+    checked = time.monotonic()
     async with contextlib.aclosing(stream):
         async for batch in stream:
+            if still_allowed is not None and time.monotonic() - checked >= tick:
+                if not await still_allowed():
+                    return
+                checked = time.monotonic()
             yield b"".join(map(sse.event_frame, batch)) if batch else sse.KEEPALIVE_FRAME
     if app.shutting_down.is_set():
         yield sse.SHUTDOWN_FRAME

@@ -79,7 +79,13 @@ async def run_stream(
     app = services(request)
     run = await app.engine.store.get_run(run_id, tenant=user.principal.tenant)
     start = sse.resume_point(last_event_id, after)
-    return await stream_events(app, run, start, key_id=user.principal.key_id)
+
+    async def session_alive() -> bool:  # signed out, expired or its key revoked: stop
+        return await app.sessions.find(user.token) is not None
+
+    return await stream_events(
+        app, run, start, key_id=user.principal.key_id, still_allowed=session_alive
+    )
 
 
 def _back(run_id: str) -> Response:
