@@ -48,6 +48,7 @@ T = TypeVar("T")
 CHROMIUM = os.environ.get("AGENTMILL_BENCH_CHROMIUM", "/usr/bin/chromium")
 TENANT = "bench"
 TARGET_P99_MS = 250.0
+IDLE_WINDOW = 3.0
 PROJECT = """
 version: 1
 agents:
@@ -257,6 +258,8 @@ class Result:
     """CPU seconds of this process (the server and Playwright's client) in the window."""
     browser_cpu: float
     """CPU seconds of the browser's processes (Playwright's driver, Chromium) in the window."""
+    idle_browser: float
+    """Cores the browser's processes used with the pages open before any token."""
     load: float
 
 
@@ -305,6 +308,9 @@ def _measured(server: Server, pacer: Pacer, plan: Scenario) -> Result:
         try:
             opened = _open_pages(browser, server, cookie, run_ids, plan.pages, plan.motion)
             time.sleep(1.0)
+            idle = _descendants_cpu()
+            time.sleep(IDLE_WINDOW)  # pages open, nothing streaming yet
+            idle = (_descendants_cpu() - idle) / IDLE_WINDOW
             cpu, children, began = time.process_time(), _descendants_cpu(), time.time()
             pacer.go.set()
             _wait(lambda: len(pacer.produced) >= plan.runs * plan.tokens, 600, "tokens stopped")
@@ -315,7 +321,8 @@ def _measured(server: Server, pacer: Pacer, plan: Scenario) -> Result:
             browser.close()
     streaming = sum(each.streaming for each in opened)
     window = max(pacer.produced.values()) + max(seconds, default=0.0) - began
-    return Result(seconds, missing, streaming, window, cpu, children, os.getloadavg()[0])
+    load = os.getloadavg()[0]
+    return Result(seconds, missing, streaming, window, cpu, children, idle, load)
 
 
 def _descendants_cpu() -> float:
@@ -365,7 +372,10 @@ def _print(label: str, plan: Scenario, result: Result) -> None:
     workload = (
         f"{plan.pages} pages ({result.streaming} streaming), {plan.runs} runs x {plan.tokens}"
     )
-    cpu = f"{result.server_cpu / result.window:.2f} / {result.browser_cpu / result.window:.2f}"
+    cpu = (
+        f"{result.server_cpu / result.window:.2f} / {result.browser_cpu / result.window:.2f}"
+        f" (idle {result.idle_browser:.2f})"
+    )
     print(
         row(
             label,
@@ -398,7 +408,7 @@ def main() -> None:
         return
     print(f"a token every {args.interval * 1000:.0f} ms per run; ms from its yield to the DOM")
     header = ("scenario", "workload", "samples", "p50", "p95", "p99", "max", "missing",
-              "cores: server / browser", "load", "target")  # fmt: skip
+              "cores: server / browser (idle)", "load", "target")  # fmt: skip
     print(row(*header))
     print(row(*["---"] * len(header)))
     floor = Scenario(pages=1, runs=1, tokens=args.tokens, interval=args.interval)
