@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
 from agentmill.server import sse
+from agentmill.store import EventRecord
 from tests.web.web_client import Web, csrf_of
 
 SSE = {"Accept": "text/event-stream"}
@@ -100,3 +102,33 @@ async def test_an_open_run_stream_ends_with_its_session(
                 rest = [line async for line in lines]
     assert "event: run_finished" not in rest
     assert web.services.streams._open == {}  # pyright: ignore[reportPrivateUsage]
+
+
+async def test_a_running_runs_page_reads_only_the_streamed_text_of_its_running_steps(
+    web: Web, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not every event of the run: a long run has hundreds of thousands."""
+    run_id = await _waiting_run(web)
+    store = web.services.engine.store
+    async with asyncio.timeout(20):  # the gate's step record is written after its request
+        while "sign-off" not in {s.step_id for s in await store.steps(run_id)}:
+            await asyncio.sleep(0.05)
+            await store.journal.commit()
+    steps = await store.steps(run_id)
+    assert {s.step_id: str(s.status) for s in steps}["sign-off"] == "running"
+    read: list[EventRecord] = []
+    events = store.events
+
+    async def spying(*args: Any, **kwargs: Any) -> list[EventRecord]:
+        found = await events(*args, **kwargs)
+        read.extend(found)
+        return found
+
+    monkeypatch.setattr(store, "events", spying)
+    client = await web.signed_in()
+    assert (await client.get(f"/runs/{run_id}")).status_code == 200
+    assert read, "the page reads the running step's events"
+    assert {(e.step, e.kind) for e in read} <= {
+        ("sign-off", "step_started"),
+        ("sign-off", "step_output"),
+    }

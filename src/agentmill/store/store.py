@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -327,13 +327,28 @@ class Store:
 
     @reconnecting
     async def events(
-        self, run_id: str, *, after: int = 0, limit: int | None = None
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        through: int | None = None,
+        kinds: Collection[str] | None = None,
+        steps: Collection[str] | None = None,
     ) -> list[EventRecord]:
+        """The run's events after `after` (up to `through`), only of these `kinds` and step
+        keys when given, in order; at most `limit`."""
         query = (
             sa.select(events)
             .where(events.c.run_id == run_id, events.c.seq > after)
             .order_by(events.c.seq)
         )
+        if through is not None:
+            query = query.where(events.c.seq <= through)
+        if kinds is not None:
+            query = query.where(events.c.kind.in_(list(kinds)))
+        if steps is not None:
+            query = query.where(events.c.step.in_(list(steps)))
         if limit is not None:
             query = query.limit(limit)
         async with self.engine.connect() as conn:

@@ -137,7 +137,7 @@ async def read_run(
         store.steps(run_id), store.calls(run_id), gates()
     )
     running = [r.key for r in records if r.status is StepStatus.RUNNING]
-    streamed = await _streamed_text(store, run_id, last_seq) if running else {}
+    streamed = await _streamed_text(store, run_id, last_seq, running) if running else {}
     workflow = WorkflowSpec.model_validate(run.snapshot["workflow"])
     panels = _panels(workflow.steps, records, calls, pending, streamed)
     waiting = {gate.step_id.split("#")[0].split("[")[0] for gate in pending if gate.tool}
@@ -158,9 +158,14 @@ async def read_run(
     )
 
 
-async def _streamed_text(store: Store, run_id: str, last_seq: int) -> dict[str, tuple[int, str]]:
-    """Per step key, its latest attempt and the text it streamed in events up to `last_seq`."""
-    found = await store.events(run_id, limit=last_seq) if last_seq else []
+async def _streamed_text(
+    store: Store, run_id: str, last_seq: int, keys: list[str]
+) -> dict[str, tuple[int, str]]:
+    """Per running step key, its latest attempt and the text it streamed up to `last_seq`
+    (only those steps' text events are read, not every event of the run)."""
+    found = await store.events(
+        run_id, through=last_seq, kinds=("step_started", "step_output"), steps=keys
+    )
     return streamed_text(found)
 
 
