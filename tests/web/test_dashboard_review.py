@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,8 @@ import uvicorn
 
 from agentmill.server import sse
 from agentmill.store import EventRecord
+from agentmill.store.approvals import ApprovalRecord, ApprovalStatus, ApprovalStore
+from agentmill.web.pages.approvals import PENDING_SHOWN
 from tests.web.web_client import Web, csrf_of
 
 SSE = {"Accept": "text/event-stream"}
@@ -132,3 +135,22 @@ async def test_a_running_runs_page_reads_only_the_streamed_text_of_its_running_s
         ("sign-off", "step_started"),
         ("sign-off", "step_output"),
     }
+
+
+async def test_the_approvals_page_counts_every_waiting_gate_it_does_not_show(web: Web) -> None:
+    run_id = await _waiting_run(web)
+    store = ApprovalStore(web.services.engine.store.engine)
+    now = time.time()
+    for number in range(619):
+        await store.create(
+            ApprovalRecord(
+                run_id=run_id, step_id=f"extra-{number}", tenant="acme",
+                status=ApprovalStatus.PENDING, prompt="?", on_timeout="reject",
+                created_at=now - number, expires_at=now + 3600,
+            )
+        )  # fmt: skip
+    client = await web.signed_in("acme", "viewer")
+    for path in ("/approvals", "/approvals?fragment=pending"):
+        page = (await client.get(path)).text
+        assert page.count('class="panel gate"') == PENDING_SHOWN
+        assert f"{620 - PENDING_SHOWN} more waiting gates are not shown" in page

@@ -124,6 +124,15 @@ class ApprovalStore:
         async with self._engine.connect() as conn:
             return [_record(row._mapping) for row in await conn.execute(query)]
 
+    @reconnecting
+    async def count(self, *, tenant: str, status: ApprovalStatus) -> int:
+        """How many of a tenant's approvals have `status` (after `list`, which expires)."""
+        query = sa.select(sa.func.count()).where(
+            approvals.c.tenant == tenant, approvals.c.status == str(status)
+        )
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
     async def decide(
         self,
         run_id: str,

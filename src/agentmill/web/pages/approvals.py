@@ -129,15 +129,18 @@ async def _refused(
 async def _context(request: Request, user: WebUser, *, with_decided: bool) -> dict[str, Any]:
     app = services(request)
     tenant = user.principal.tenant
-    pending = await app.engine.approvals(tenant=tenant, status=ApprovalStatus.PENDING)
-    shown = pending[:PENDING_SHOWN]
+    store = ApprovalStore(app.engine.store.engine)
+    shown = await store.list(tenant=tenant, status=ApprovalStatus.PENDING, limit=PENDING_SHOWN)
+    waiting = len(shown)
+    if waiting == PENDING_SHOWN:  # more may wait than are read
+        waiting = await store.count(tenant=tenant, status=ApprovalStatus.PENDING)
     decided = await _recently_decided(app.engine.store.engine, tenant) if with_decided else []
     names = await run_names(
         app.engine.store.engine, {row.run_id for row in [*shown, *decided]}, tenant=tenant
     )
     return {
         "pending": [_gate(row, names.get(row.run_id)) for row in shown],
-        "more_pending": len(pending) - len(shown),
+        "more_pending": waiting - len(shown),
         "decided": [_gate(row, names.get(row.run_id)) for row in decided],
         "deciders": ", ".join(str(role) for role in Role if role.allows(Role.OPERATOR)),
         "typed": None,
