@@ -99,9 +99,15 @@ workflows:
     inputs: {topic: {type: string, default: x}}
     steps:
       - {id: look, agent: researcher, prompt: "{{ inputs.topic }}"}
+  fanout:
+    inputs: {topics: {type: list, default: [a, b]}}
+    steps:
+      - {id: go, approval: {prompt: "Go?", timeout: 1h}}
+      - {id: each, agent: writer, needs: [go], foreach: "{{ inputs.topics }}", prompt: "{{ item }}"}
 """
 """Workflows for every dashboard test: `echo` (two model steps), `gated` (an approval gate
-between steps), `research` (an agent whose model calls the `lookup` function tool)."""
+between steps), `research` (an agent whose model calls the `lookup` function tool),
+`fanout` (a gate, then a foreach step over its list input)."""
 
 TOOL_MODEL_LABEL = "openai:gpt-4o-mini"
 """The researcher's model, answered by a `ToolModel`; every other label by the ScriptedModel."""

@@ -42,6 +42,9 @@
     const after = same.length ? same[same.length - 1] : null;
     if (after) after.after(panel);
     else document.getElementById("run-steps").append(panel);
+    // A foreach step's items take the place of the step's panel shown before it started.
+    const unstarted = key === panel.dataset.step ? null : document.getElementById("step-" + escapeKey(panel.dataset.step));
+    if (unstarted && unstarted.dataset.state === "pending") unstarted.remove();
     return panel;
   }
 
