@@ -154,3 +154,20 @@ async def test_the_approvals_page_counts_every_waiting_gate_it_does_not_show(web
         page = (await client.get(path)).text
         assert page.count('class="panel gate"') == PENDING_SHOWN
         assert f"{620 - PENDING_SHOWN} more waiting gates are not shown" in page
+
+
+async def test_the_approvals_page_confirms_only_a_decision_that_was_made(web: Web) -> None:
+    """Its notice comes from the query string: a crafted link must not claim a decision."""
+    run_id = await _waiting_run(web)
+    client = await web.signed_in("acme", "viewer")
+    for gate in ("sign-off", "deploy-to-production"):
+        page = (await client.get(f"/approvals?decided=approved&run={run_id}&gate={gate}")).text
+        assert "Approved" not in page
+    operator = await web.signed_in("acme", "operator")
+    token = csrf_of((await operator.get("/approvals")).text)
+    done = await operator.post(
+        "/approvals/decide",
+        data={"run": run_id, "gate": "sign-off", "decision": "approve", "csrf_token": token},
+        follow_redirects=True,
+    )
+    assert f"Approved sign-off of run {run_id}." in done.text

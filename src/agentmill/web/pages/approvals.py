@@ -55,8 +55,18 @@ async def approvals_page(
     context = await _context(request, user, with_decided=fragment is None)
     if fragment:
         return render(request, "_approval_list.html", user, **context)
-    notice = f"{decided.capitalize()} {gate} of run {run}." if decided and run and gate else None
+    notice = None
+    if decided and run and gate and await _was_decided(request, user, run, gate, decided):
+        notice = f"{decided.capitalize()} {gate} of run {run}."
     return render(request, "approvals.html", user, notice=notice, **context)
+
+
+async def _was_decided(request: Request, user: WebUser, run: str, gate: str, how: str) -> bool:
+    """Whether the gate of the redirect's query string was decided so (a link could claim
+    anything)."""
+    engine = services(request).engine.store.engine
+    row = await ApprovalStore(engine).get(run, gate, tenant=user.principal.tenant)
+    return row is not None and str(row.status) == how
 
 
 @router.post("/approvals/decide")
