@@ -12,10 +12,16 @@ import httpx
 import pytest
 import uvicorn
 
+from agentmill.agents.models import override_models
 from agentmill.server import sse
+from agentmill.server.app import create_app
+from agentmill.settings import Settings
+from agentmill.spec.loader import load_project_text
 from agentmill.store import EventRecord
 from agentmill.store.approvals import ApprovalRecord, ApprovalStatus, ApprovalStore
+from agentmill.store.keys import KeyStore, Role
 from agentmill.web.pages.approvals import PENDING_SHOWN
+from tests.fakes import ScriptedModel
 from tests.web.web_client import Web, csrf_of
 
 SSE = {"Accept": "text/event-stream"}
@@ -171,3 +177,40 @@ async def test_the_approvals_page_confirms_only_a_decision_that_was_made(web: We
         follow_redirects=True,
     )
     assert f"Approved sign-off of run {run_id}." in done.text
+
+
+SLASHED = """
+version: 1
+agents:
+  writer: {model: openai:gpt-4o}
+workflows:
+  team/review:
+    inputs: {topic: {type: string}}
+    steps:
+      - {id: draft, agent: writer, prompt: "draft {{ inputs.topic }}"}
+"""
+
+
+async def test_a_workflow_with_a_slash_in_its_name_has_its_page_and_form(
+    isolated_settings: Settings,
+) -> None:
+    app = create_app(isolated_settings, project=load_project_text(SLASHED, "agentmill.yaml"))
+    with override_models(ScriptedModel().model):
+        async with app.router.lifespan_context(app):
+            _, key = await KeyStore(app.state.services.engine.store.engine).create(
+                tenant="acme", role=Role.OPERATOR
+            )
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                await _sign_in(client, key)
+                listed = (await client.get("/workflows")).text
+                assert 'href="/workflows/team/review"' in listed
+                page = await client.get("/workflows/team/review")
+                assert page.status_code == 200, page.text
+                assert 'action="/workflows/team/review/runs"' in page.text
+                started = await client.post(
+                    "/workflows/team/review/runs",
+                    data={"csrf_token": csrf_of(page.text), "input.topic": "x"},
+                )
+                assert started.status_code == 303, started.text
+                assert started.headers["location"].startswith("/runs/")

@@ -74,12 +74,12 @@ async def workflows_page(request: Request, user: SignedIn) -> Response:
     return render(request, "workflows.html", user, workflows=listed)
 
 
-@router.get("/workflows/{name}")
+@router.get("/workflows/{name:path}")
 async def workflow_page(request: Request, user: SignedIn, name: WorkflowName) -> Response:
     return await _form_page(request, user, name, typed=None, error=None)
 
 
-@router.post("/workflows/{name}/runs")
+@router.post("/workflows/{name:path}/runs")
 async def start_run(request: Request, user: CsrfChecked, name: WorkflowName) -> Response:
     require_web_role(user, Role.OPERATOR)
     app = services(request)
