@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from agentmill.server.services import Services
 from agentmill.store.costs import CostSummary, run_costs
 from tests.web.browser import DashboardServer, Page, Pages, expect
@@ -54,9 +56,15 @@ def test_a_finished_runs_cost_appears_on_the_open_costs_page(
     expect(other.locator("nav.choices a", has_text="tenant")).to_have_count(0)
 
 
+@pytest.mark.parametrize("dashboard_settings_update", [{"metrics_tenant": "acme"}])
 def test_the_system_page_shows_the_tenants_part_live_without_csp_violations(
     dashboard: DashboardServer, pages: Pages, page_for: Callable[..., Page]
 ) -> None:
+    """acme runs the platform here (its admins see the workers); globex's admin does not."""
+    other_admin = page_for("globex", "admin")
+    other_admin.goto("/system")
+    expect(other_admin.locator("span.tenant-queued")).to_have_text("0")
+    expect(other_admin.locator("table.workers")).to_have_count(0)
     admin = page_for("acme", "admin")
     admin.goto("/system")
     expect(admin.locator("table.workers")).to_be_visible()
