@@ -151,7 +151,10 @@ async def test_a_step_timing_out_during_an_mcp_call_ends_the_server(
             return ModelResponse(parts=[ToolCallPart("wait_long", {"seconds": 120})])
         return ModelResponse(parts=[TextPart("done")])
 
-    config = project(top=top, tools="      - mcp: slow", step=", timeout: 2s")
+    # The step's clock runs while the server starts: on a loaded machine a Python MCP server
+    # took more than 2 s to start, and the step ended before the call began. 10 s leaves the
+    # start room; the call itself waits 120 s, so the timeout still lands during it.
+    config = project(top=top, tools="      - mcp: slow", step=", timeout: 10s")
 
     done = await run_project(sqlite_engine, tmp_path, config, {MODEL: Scripted(script)})
 
