@@ -214,3 +214,18 @@ async def test_a_workflow_with_a_slash_in_its_name_has_its_page_and_form(
                 )
                 assert started.status_code == 303, started.text
                 assert started.headers["location"].startswith("/runs/")
+
+
+async def test_deeply_nested_edited_arguments_on_the_run_page_are_an_input_error(
+    web: Web,
+) -> None:
+    run_id = await _waiting_run(web)
+    client = await web.signed_in()
+    token = csrf_of((await client.get(f"/runs/{run_id}")).text)
+    nested = "[" * 40_000 + "]" * 40_000
+    response = await client.post(
+        f"/runs/{run_id}/approvals/sign-off",
+        data={"decision": "approve", "arguments": nested, "csrf_token": token},
+    )
+    assert response.status_code == 422
+    assert "the edited arguments are not valid JSON" in response.text

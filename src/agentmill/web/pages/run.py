@@ -151,8 +151,8 @@ def _edited(text: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"the edited arguments are not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise InputError(f"the edited arguments are not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InputError("the edited arguments must be a JSON object")
     return value  # pyright: ignore[reportUnknownVariableType]
