@@ -214,6 +214,10 @@ class StreamSlots:
             )
         self._open[key_id] = self._open.get(key_id, 0) + 1
 
+    def held(self, key_id: str) -> int:
+        """How many streams `key_id` has open now."""
+        return self._open.get(key_id, 0)
+
     def release(self, key_id: str) -> None:
         count = self._open.get(key_id, 0) - 1
         if count > 0:

@@ -244,12 +244,52 @@
     panel.scrollIntoView({ block: "start" });
   });
 
-  const source = new EventSource(root.dataset.stream);
-  Object.keys(handlers).concat(["step_stderr", "step_waiting", "run_queued",
-    "step_session", "step_tool_output"]).forEach((kind) => source.addEventListener(kind, receive));
-  source.addEventListener("open", () => { root.dataset.stream_state = "open"; });
-  source.addEventListener("error", () => {
-    root.dataset.stream_state = source.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
+  // The stream: resumed after the last event seen; closed while the tab has been hidden for
+  // a while (a background tab holds none of the key's stream slots) and opened again when
+  // it is shown; a stream the server ended or refused is said so while the run goes on.
+  const KINDS = Object.keys(handlers).concat(["step_stderr", "step_waiting", "run_queued",
+    "step_session", "step_tool_output"]);
+  const HIDDEN_GRACE_MS = 30000;
+  const streamUrl = root.dataset.stream.split("?")[0];
+  const notice = document.getElementById("stream-notice");
+  let source = null;
+  let hiddenTimer = null;
+
+  function runGoesOn() {
+    const status = document.getElementById("run-status");
+    return !!status && ["pending", "running"].includes(status.textContent.trim());
+  }
+  function say(text) {
+    if (!notice) return;
+    notice.textContent = text;
+    notice.hidden = !text;
+  }
+  function connect() {
+    source = new EventSource(streamUrl + "?after=" + lastSeq);
+    KINDS.forEach((kind) => source.addEventListener(kind, receive));
+    source.addEventListener("open", () => { root.dataset.stream_state = "open"; say(""); });
+    source.addEventListener("error", () => {
+      const closed = source !== null && source.readyState === EventSource.CLOSED;
+      root.dataset.stream_state = closed ? "closed" : "reconnecting";
+      if (closed && runGoesOn() && !reloading) {
+        say("Live updates stopped (signed out, too many open pages, or the server went away): reload the page.");
+      }
+    });
+  }
+  function disconnect() {
+    if (source === null) return;
+    source.close();
+    source = null;
+    root.dataset.stream_state = "paused";
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (document.hidden) {
+      hiddenTimer = setTimeout(disconnect, HIDDEN_GRACE_MS);
+      return;
+    }
+    clearTimeout(hiddenTimer);
+    if (source === null && root.dataset.stream_state === "paused") connect();
   });
-  window.addEventListener("pagehide", () => source.close());
+  window.addEventListener("pagehide", disconnect);
+  connect();
 })();
