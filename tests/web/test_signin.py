@@ -169,3 +169,13 @@ async def test_errors_are_pages_on_the_dashboard_and_problems_on_the_api(web: We
     api = await client.get("/v1/runs/0123456789abcdef0123")
     assert api.status_code == 401
     assert api.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_one_time_link_session_is_refused_by_a_server_without_one(web: Web) -> None:
+    client = web.client()
+    await client.get(f"/login?token={web.ui_token.value}")
+    assert (await client.get("/")).status_code == 200
+    web.app.state.ui_token = None  # as `agentmill serve` on the same host and database
+    response = await client.get("/")
+    assert response.status_code == 303
+    assert response.headers["location"] == "/login"

@@ -93,9 +93,16 @@ async def signed_in(request: Request) -> WebUser:
     """The session of the request's cookie, or SignInRequired."""
     token = request.cookies.get(SESSION_COOKIE, "")
     session = await services(request).sessions.find(token) if token else None
-    if session is None:
+    if session is None or not _accepted_here(request, session):
         raise SignInRequired(_requested(request))
     return _user(session, token)
+
+
+def _accepted_here(request: Request, session: Session) -> bool:
+    """A session of `agentmill ui`'s one-time link (no key) is good only on an `agentmill
+    ui`: browsers send cookies to every port of a host, and an `agentmill serve` on the
+    same machine and database must not take it as its default tenant's admin."""
+    return session.key_id is not None or request.app.state.ui_token is not None
 
 
 def _user(session: Session, token: str) -> WebUser:
