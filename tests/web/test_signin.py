@@ -117,9 +117,7 @@ async def test_an_expired_session_signs_in_again(web: Web) -> None:
 async def test_revoking_the_key_ends_its_sessions(web: Web) -> None:
     client = await web.signed_in("acme", "operator")
     key_id = next(
-        key.id
-        for key in await web.services.keys.list(tenant="acme")
-        if str(key.role) == "operator"
+        key.id for key in await web.services.keys.list(tenant="acme") if str(key.role) == "operator"
     )
     await web.services.keys.revoke(key_id)
     assert (await client.get("/")).status_code == 303
