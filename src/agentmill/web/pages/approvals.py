@@ -27,6 +27,7 @@ from agentmill.store.approvals import ApprovalRecord, ApprovalStatus, ApprovalSt
 from agentmill.store.keys import Role
 from agentmill.store.run_names import RunName, run_names
 from agentmill.web.auth import CsrfChecked, SignedIn, WebUser, require_web_role
+from agentmill.web.forms import edited_arguments
 from agentmill.web.templating import render
 
 __all__ = ["DECIDED_SHOWN", "PENDING_SHOWN", "router"]
@@ -105,14 +106,11 @@ async def _edited_arguments(
 ) -> dict[str, Any] | None:
     """The arguments typed in the form, or None when left empty or unchanged (the model's).
 
-    Raises InputError for text that is not JSON (the engine refuses non-objects).
+    Raises InputError for text that is not a JSON object.
     """
-    if not text.strip():
+    value = edited_arguments(text)
+    if value is None:
         return None
-    try:
-        value: Any = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise InputError(f"the edited arguments are not valid JSON: {exc}") from None
     row = await ApprovalStore(engine).get(run, gate, tenant=tenant)
     if row is not None and row.arguments == value:
         return None

@@ -9,15 +9,13 @@ answered by a redirect (Post/Redirect/Get).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Header, Path, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
-from agentmill.errors import InputError
 from agentmill.server import sse
 from agentmill.server.routes.events import stream_events
 from agentmill.server.schemas import NAME_PATTERN, RunId
@@ -25,6 +23,7 @@ from agentmill.server.services import services
 from agentmill.store.approvals import ApprovalRecord, ApprovalStatus
 from agentmill.store.keys import Role
 from agentmill.web.auth import CsrfChecked, SignedIn, require_web_role
+from agentmill.web.forms import edited_arguments
 from agentmill.web.pages.run_view import StepPanel, as_text, read_run
 from agentmill.web.templating import render
 
@@ -140,19 +139,6 @@ async def decide(
         comment=comment.replace("\x00", "") or None,
         by=user.actor,
         tenant=user.principal.tenant,
-        arguments=_edited(arguments) if approve else None,
+        arguments=edited_arguments(arguments) if approve else None,
     )
     return _back(run_id)
-
-
-def _edited(text: str) -> dict[str, Any] | None:
-    """Edited tool-call arguments from the form: empty for none, else a JSON object."""
-    if not text.strip():
-        return None
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise InputError(f"the edited arguments are not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise InputError("the edited arguments must be a JSON object")
-    return value  # pyright: ignore[reportUnknownVariableType]
